@@ -1,0 +1,198 @@
+"""The build, as a list of named steps (load, resolve, apply, emit, move into place).
+
+Everything is written into a temporary folder beside the output folder and moved into place
+only when every step succeeded, so a failed build leaves the previous output untouched and no
+partial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewriter.emit.diffs import unified_diff
+from rewriter.emit.manifest import SUPPORT_PACKAGE, build_manifest, local_version, manifest_json, support_init
+from rewriter.emit.staging import stage_tree
+from rewriter.emit.wheel import build_wheel
+from rewriter.engine import EditCache, SeriesResult, apply_series, rewriter_code_digest
+from rewriter.errors import EmitError
+from rewriter.patchset.loader import load_patchsets
+from rewriter.patchset.model import Patchsets
+from rewriter.ui import UI
+from rewriter.upstream import UpstreamTree, load_pin, resolve
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the inputs and caches are; all default to folders of the repository."""
+
+    patchsets: Path
+    pin: Path
+    upstream_cache: Path
+    build_cache: Path | None  # None disables the engine and wheel caches
+
+
+@dataclass(frozen=True)
+class Upstream:
+    sha: str
+    repo: str | None = None
+    sdist: Path | None = None
+
+
+@dataclass
+class Applied:
+    """Patchsets applied to a resolved upstream: what every command works from."""
+
+    patchsets: Patchsets
+    upstream: UpstreamTree
+    result: SeriesResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def prefix(self, version: str | None) -> set[str]:
+        return {p.id for p in self.patchsets.series(version)} if version else set()
+
+    def tree(self, version: str | None) -> dict[str, str]:
+        return self.result.tree(self.prefix(version))
+
+    def diff(self, version: str, against: str | None) -> str:
+        """Diff of a version's tree against another version's (``None``: upstream)."""
+        new, old = self.tree(version), self.tree(against)
+        paths = set(new) | set(old)
+        changes = {p: (old.get(p, self.upstream.read(p)), new.get(p, self.upstream.read(p))) for p in paths}
+        return unified_diff(changes)
+
+
+def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True) -> Applied:
+    with ui.task("loading patchsets"):
+        patchsets = load_patchsets(paths.patchsets)
+        ui.info(f"{len(patchsets.versions)} versions, {len(patchsets.series())} patches")
+    with ui.task("resolving upstream"):
+        tree = resolve(upstream.sha, load_pin(paths.pin), paths.upstream_cache, upstream.repo, upstream.sdist, ui.info)
+        ui.info(tree.label)
+    with ui.task("applying patches"):
+        cache = EditCache(paths.build_cache / "engine" if paths.build_cache else None)
+        result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify)
+        for status in ("applied", "already-present"):
+            n = sum(1 for r in result.reports if r.status == status)
+            ui.info(f"{n} edits {status}")
+    return Applied(patchsets, tree, result)
+
+
+def build(paths: Paths, upstream: Upstream, out: Path, wheel_versions: list[str], ui: UI,
+          verify: bool = True) -> Path:
+    """Run the whole build; return the output folder.
+
+    ``wheel_versions`` (oldest first) get a wheel each; with several, each goes under
+    ``versions/<version>/`` and the last one is also put at the top of ``out``.
+    """
+    out = out.resolve()
+    tmp_out = _claim_output(out)
+    try:
+        applied = apply_patchsets(paths, upstream, ui, verify)
+        for version in wheel_versions:
+            applied.patchsets.get(version)  # fail early on an unknown version
+        with ui.task("writing diffs, manifests and report"):
+            _write_diffs(applied, tmp_out)
+            _write_report(applied, tmp_out)
+        for version in wheel_versions:
+            with ui.task(f"building wheel for {version}"):
+                dest = tmp_out / "versions" / version if len(wheel_versions) > 1 else tmp_out
+                wheel = _build_version_wheel(applied, version, dest, paths.build_cache)
+                if dest != tmp_out and version == wheel_versions[-1]:
+                    for produced in (wheel, dest / "manifest.json"):
+                        shutil.copyfile(produced, tmp_out / produced.name)
+                ui.info(wheel.name)
+        with ui.task(f"moving outputs into {out}"):
+            _move_into_place(tmp_out, out)
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise
+    return out
+
+
+def _claim_output(out: Path) -> Path:
+    """Create the temporary output folder beside ``out``, or fail before any work."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+    except OSError as exc:
+        raise EmitError(f"output directory {out} is not writable: {exc.strerror} ({exc.filename or out.parent})") from exc
+
+
+def _move_into_place(tmp_out: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}-old-{tmp_out.name.rsplit('-', 1)[-1]}")
+        out.replace(old)
+    tmp_out.replace(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o777 & ~umask)  # mkdtemp made it private
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_diffs(applied: Applied, out: Path) -> None:
+    number = 0
+    for version in applied.patchsets.versions:
+        vdir = out / "diffs" / "patches" / version.version
+        vdir.mkdir(parents=True, exist_ok=True)
+        for patch in version.patches:
+            number += 1
+            changes = applied.result.patch_changes(patch.id)
+            (vdir / f"{number:03d}-{patch.id}.diff").write_text(unified_diff(changes), encoding="utf-8")  # type: ignore[arg-type]
+        versions_dir = out / "diffs" / "versions"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        name = version.version
+        (versions_dir / f"{name}.upstream.diff").write_text(applied.diff(name, None), encoding="utf-8")
+        previous = applied.patchsets.previous(name)
+        (versions_dir / f"{name}.previous.diff").write_text(applied.diff(name, previous), encoding="utf-8")
+
+
+def _write_report(applied: Applied, out: Path) -> None:
+    report = {
+        "upstream": {"commit": applied.upstream.commit, "origin": applied.upstream.origin,
+                     "digest": applied.upstream.digest},
+        "patches": {p.id: applied.result.patch_status(p) for p in applied.patchsets.series()},
+        "edits": [r.__dict__ | {"candidates": list(r.candidates)} for r in applied.result.reports],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _build_version_wheel(applied: Applied, version: str, dest: Path, build_cache: Path | None) -> Path:
+    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version)
+    text = manifest_json(manifest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "manifest.json").write_text(text, encoding="utf-8")
+    support = {f"{SUPPORT_PACKAGE}/__init__.py": support_init(manifest), f"{SUPPORT_PACKAGE}/manifest.json": text}
+    label = local_version(applied.upstream.version, version).split("+", 1)[1]
+    changed = applied.tree(version)
+    cached = _wheel_cache_dir(build_cache, applied.upstream.digest, changed, support, label)
+    if cached is not None and len(hits := list(cached.glob("*.whl"))) == 1:
+        shutil.copyfile(hits[0], dest / hits[0].name)
+        return dest / hits[0].name
+    with tempfile.TemporaryDirectory(prefix="staging-") as tmp:
+        staging = Path(tmp) / "src"
+        stage_tree(staging, applied.upstream, changed, support, label)
+        wheel = build_wheel(staging, dest, build_cache)
+    if cached is not None:
+        cached.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, cached / wheel.name)
+    return wheel
+
+
+def _wheel_cache_dir(build_cache: Path | None, digest: str, changed: dict[str, str],
+                     support: dict[str, str], label: str) -> Path | None:
+    """Cache folder for a wheel, keyed by everything the staging tree is made of."""
+    if build_cache is None:
+        return None
+    h = hashlib.sha256(f"{digest}\0{label}\0{sys.implementation.cache_tag}\0{rewriter_code_digest()}".encode())
+    for rel, text in sorted({**changed, **support}.items()):
+        h.update(f"\0{rel}\0{text}".encode())
+    return build_cache / "wheels" / h.hexdigest()

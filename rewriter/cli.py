@@ -1,0 +1,152 @@
+"""Command line: ``build``, ``diff``, ``check``, ``docs``.
+
+Each command is a function returning an exit code; :func:`main` dispatches from a table and
+turns a :class:`RewriterError` into one line on stderr and its exit code (see
+:mod:`rewriter.errors`). Other exceptions are bugs: exit 123 with the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from rewriter.errors import PatchsetError, RewriterError, StaleError
+from rewriter.ui import UI
+
+BUG_EXIT = 123
+
+
+def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rewriter.build import Paths
+    from rewriter.upstream import default_cache_dir
+
+    root = Path(args.root)
+    return Paths(
+        patchsets=Path(args.patchsets) if args.patchsets else root / "patchsets",
+        pin=Path(args.pin) if args.pin else root / "vendor" / "upstream.yaml",
+        upstream_cache=Path(args.upstream_cache) if args.upstream_cache else default_cache_dir(root),
+        build_cache=None if args.no_cache else (Path(args.build_cache) if args.build_cache else root / "build" / "cache"),
+    )
+
+
+def _upstream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rewriter.build import Upstream
+    from rewriter.upstream import load_pin
+
+    sha = args.upstream or load_pin(_paths(args).pin).pinned.commit
+    return Upstream(sha=sha, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None)
+
+
+def cmd_build(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.build import build
+    from rewriter.patchset.loader import load_patchsets
+
+    paths = _paths(args)
+    names = load_patchsets(paths.patchsets).names()
+    if not names:
+        raise PatchsetError(f"{paths.patchsets}: no patchset versions to build")
+    if args.all_versions:
+        versions = names
+    else:
+        version = args.patchset or names[-1]
+        if version not in names:
+            raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(names)})")
+        versions = [version]
+    out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast)
+    print(out)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.build import apply_patchsets
+
+    applied = apply_patchsets(_paths(args), _upstream(args), ui)
+    names = applied.patchsets.names()
+    if args.version not in names:
+        raise PatchsetError(f"unknown patchset version {args.version!r} (known: {', '.join(names)})")
+    against = None if args.against == "upstream" else applied.patchsets.previous(args.version)
+    sys.stdout.write(applied.diff(args.version, against))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.build import apply_patchsets
+
+    applied = apply_patchsets(_paths(args), _upstream(args), ui)
+    for patch in applied.patchsets.series():
+        print(f"{patch.version}  {patch.id:40s} {applied.result.patch_status(patch)}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.emit.docs import write_or_check
+    from rewriter.patchset.loader import load_patchsets
+
+    target = Path(args.root) / "docs" / "patch-notes.md"
+    with ui.task("rendering patch notes"):
+        fresh = write_or_check(load_patchsets(_paths(args).patchsets), target, check=args.check)
+    if not fresh:
+        raise StaleError(f"{target} is stale: run `python -m rewriter docs` and commit the result")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, UI], int]] = {
+    "build": cmd_build,
+    "diff": cmd_diff,
+    "check": cmd_check,
+    "docs": cmd_docs,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=".", help="repository root (default: current directory)")
+    common.add_argument("--patchsets", help="patchsets folder (default: ROOT/patchsets)")
+    common.add_argument("--pin", help="upstream pin file (default: ROOT/vendor/upstream.yaml)")
+    common.add_argument("--upstream-cache", help="upstream cache (default: ROOT/vendor/.cache or $PRIMUS_REWRITER_CACHE)")
+    common.add_argument("--build-cache", help="engine and wheel cache (default: ROOT/build/cache)")
+    common.add_argument("--no-cache", action="store_true", help="do not read or write the build cache")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    upstream = argparse.ArgumentParser(add_help=False)
+    upstream.add_argument("--upstream", metavar="SHA", help="upstream commit, full or unique prefix (default: the pin)")
+    upstream.add_argument("--upstream-repo", metavar="URL|PATH", help="resolve SHA with git from this repository")
+    upstream.add_argument("--sdist", metavar="PATH", help="use this sdist instead of downloading it from PyPI")
+
+    p = argparse.ArgumentParser(prog="python -m rewriter", description="Apply Primus patchsets to megatron-core.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", parents=[common, upstream], help="build the patched wheel, manifest and diffs")
+    which = b.add_mutually_exclusive_group()
+    which.add_argument("--patchset", metavar="VERSION", help="patchset version to build (default: newest)")
+    which.add_argument("--all-versions", action="store_true", help="build a wheel for every patchset version")
+    b.add_argument("--out", default="build/out", help="output folder (default: build/out)")
+    b.add_argument("--fast", action="store_true", help="skip the second-pass stability check")
+    d = sub.add_parser("diff", parents=[common, upstream], help="print the diff of one patchset version")
+    d.add_argument("version")
+    d.add_argument("--against", choices=("upstream", "previous"), default="previous")
+    sub.add_parser("check", parents=[common, upstream], help="validate patchsets and anchors, build nothing")
+    docs = sub.add_parser("docs", parents=[common], help="render docs/patch-notes.md from the patchsets")
+    docs.add_argument("--check", action="store_true", help="fail if the committed patch notes are stale")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    ui = UI(quiet=args.quiet)
+    try:
+        return COMMANDS[args.command](args, ui)
+    except RewriterError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback
+        traceback.print_exc()
+        return BUG_EXIT

@@ -1,0 +1,273 @@
+"""Apply a series of patches to an upstream tree: one parse per touched file, edits in order.
+
+The engine knows operations, never flags. For every file that some edit touches it parses the
+upstream text once, applies every edit for that file in series order, records the text after
+each patch (for per-patch diffs and per-version trees), then parses the result again and applies
+every edit a second time: that pass must find everything already present and change nothing.
+
+Results are cached by content (tool versions, upstream file bytes, rendered edits), so an
+unchanged rebuild neither imports nor runs libcst.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from rewriter import __version__
+from rewriter.errors import ApplyError, DriftError
+from rewriter.patchset.model import Edit, Patch
+
+ENGINE_CACHE_VERSION = "1"
+OK_STATUSES = ("applied", "already-present")
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """What one edit did: the row a reviewer reads in the build report."""
+
+    patch: str
+    index: int
+    op: str
+    file: str
+    target: str | None
+    status: str
+    count: int
+    expect: int
+    message: str = ""
+    candidates: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass
+class FileOutcome:
+    """The history of one file through the series."""
+
+    path: str
+    upstream: str | None
+    #: (patch id, text after that patch), for the patches that touch this file, in order
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    reports: list[EditReport] = field(default_factory=list)
+
+
+@dataclass
+class SeriesResult:
+    """Every touched file's history and the status of every patch."""
+
+    series: list[Patch]
+    files: dict[str, FileOutcome]
+
+    @property
+    def reports(self) -> list[EditReport]:
+        return [r for f in self.files.values() for r in f.reports]
+
+    def patch_status(self, patch: Patch) -> str:
+        """``applied``, ``retired`` (upstream already has every edit) or ``runtime``."""
+        if patch.implemented_in == "runtime":
+            return "runtime"
+        statuses = {r.status for r in self.reports if r.patch == patch.id}
+        return "retired" if statuses == {"already-present"} else "applied"
+
+    def text_after(self, path: str, patch_ids: set[str]) -> str | None:
+        """The file's text once every patch in ``patch_ids`` (a series prefix) is applied."""
+        outcome = self.files[path]
+        text = outcome.upstream
+        for pid, after in outcome.steps:
+            if pid in patch_ids:
+                text = after
+        return text
+
+    def tree(self, patch_ids: set[str]) -> dict[str, str]:
+        """Changed files (path -> text) of the tree with the given series prefix applied."""
+        out = {}
+        for path, outcome in self.files.items():
+            text = self.text_after(path, patch_ids)
+            if text is not None and text != outcome.upstream:
+                out[path] = text
+        return out
+
+    def patch_changes(self, patch_id: str) -> dict[str, tuple[str | None, str]]:
+        """path -> (before, after) for what this one patch changed."""
+        out: dict[str, tuple[str | None, str]] = {}
+        for path, outcome in self.files.items():
+            before = outcome.upstream
+            for pid, after in outcome.steps:
+                if pid == patch_id and after != before:
+                    out[path] = (before, after)
+                before = after
+        return out
+
+
+class EditCache:
+    """A folder of JSON results keyed by content; ``None`` disables caching."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:  # type: ignore[type-arg]
+        if self.root is None:
+            return None
+        try:
+            return json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, value: dict) -> None:  # type: ignore[type-arg]
+        if self.root is None:
+            return
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        tmp.replace(path)
+
+
+@lru_cache(maxsize=1)
+def rewriter_code_digest() -> str:
+    """Digest of the rewriter's own source: a cache written by other code is never reused."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions that change what the engine writes; recorded in the manifest and cache keys."""
+    return {
+        "rewriter": __version__,
+        "libcst": metadata.version("libcst"),
+        "jinja2": metadata.version("jinja2"),
+    }
+
+
+def apply_series(
+    series: list[Patch],
+    read_upstream: Callable[[str], str | None],
+    upstream_label: str,
+    cache: EditCache | None = None,
+    verify: bool = True,
+) -> SeriesResult:
+    """Apply ``series`` in order; raise :class:`DriftError` listing every edit that failed."""
+    by_file: dict[str, list[tuple[Patch, int, Edit]]] = {}
+    for patch in series:
+        for i, edit in enumerate(patch.edits):
+            by_file.setdefault(edit.file, []).append((patch, i, edit))
+    cache = cache or EditCache(None)
+    versions = json.dumps(tool_versions(), sort_keys=True) + rewriter_code_digest()
+    files: dict[str, FileOutcome] = {}
+    for path, edits in by_file.items():
+        upstream = read_upstream(path)
+        key = _cache_key(versions, path, upstream, edits, verify)
+        hit = cache.get(key)
+        if hit is not None:
+            files[path] = _outcome_from_json(path, upstream, hit)
+            continue
+        outcome = _apply_file(path, upstream, edits)
+        files[path] = outcome
+        if all(r.status in OK_STATUSES for r in outcome.reports):
+            if verify:
+                _verify_stable(outcome, edits)
+            cache.put(key, _outcome_to_json(outcome))
+    result = SeriesResult(series=series, files=files)
+    failures = [r for r in result.reports if r.status not in OK_STATUSES]
+    if failures:
+        raise DriftError(_drift_message(failures, upstream_label))
+    return result
+
+
+def _cache_key(versions: str, path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]], verify: bool) -> str:
+    h = hashlib.sha256()
+    for part in (ENGINE_CACHE_VERSION, versions, path, str(verify), "\0" if upstream is None else upstream):
+        h.update(part.encode("utf-8") + b"\x1e")
+    for patch, i, edit in edits:
+        flags = repr([(f.name, f.type, f.default, f.choices, f.nullable, f.description) for f in patch.flags])
+        h.update(f"{patch.id}\x1f{i}\x1f{flags}\x1f{edit.cache_token()}\x1e".encode())
+    return h.hexdigest()
+
+
+def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]]) -> FileOutcome:
+    import libcst as cst
+
+    from rewriter.ops.add_module import add_module
+    from rewriter.ops.base import Status
+    from rewriter.ops.registry import FILE_OPS
+
+    outcome = FileOutcome(path=path, upstream=upstream)
+    text, module = upstream, None
+    for n, (patch, i, edit) in enumerate(edits):
+        if edit.op == "add_module":
+            status, text, message = add_module(edit, text)
+            module = None
+            report = _report(patch, i, edit, status.value, 1, message)
+        elif text is None:
+            report = _report(patch, i, edit, Status.MISSING.value, 0, f"file {path} does not exist")
+        else:
+            if module is None:
+                try:
+                    module = cst.parse_module(text)
+                except cst.ParserSyntaxError as exc:
+                    raise ApplyError(f"{path}: libcst cannot parse it: {exc}") from exc
+            result = FILE_OPS[edit.op](edit, patch.id, patch.flags).apply(module)
+            module = result.module
+            text = module.code
+            report = _report(patch, i, edit, result.status.value, result.count, result.message, result.candidates)
+        outcome.reports.append(report)
+        last_of_patch = n + 1 == len(edits) or edits[n + 1][0].id != patch.id
+        if last_of_patch and text is not None:
+            outcome.steps.append((patch.id, text))
+    return outcome
+
+
+def _report(patch: Patch, i: int, edit: Edit, status: str, count: int, message: str = "",
+            candidates: tuple[str, ...] = ()) -> EditReport:
+    return EditReport(patch=patch.id, index=i, op=edit.op, file=edit.file, target=edit.target, status=status,
+                      count=count, expect=edit.expect, message=message, candidates=tuple(candidates), source=edit.source)
+
+
+def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -> None:
+    """Apply every edit again to the final text: each must be present, and nothing may change."""
+    if not outcome.steps:
+        return
+    final = outcome.steps[-1][1]
+    second = _apply_file(outcome.path, final, edits)
+    unstable = [r for r in second.reports if r.status != "already-present"]
+    changed = second.steps and second.steps[-1][1] != final
+    if unstable or changed:
+        what = ", ".join(f"{r.patch} edits[{r.index}] ({r.op}) -> {r.status}" for r in unstable) or "text changed"
+        raise ApplyError(
+            f"{outcome.path}: applying the series a second time is not a no-op ({what}); "
+            "an operation does not recognise its own output"
+        )
+
+
+def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
+    lines = [f"{len(failures)} edit(s) do not apply to upstream {upstream_label}:"]
+    for r in failures:
+        where = f"{r.file}::{r.target}" if r.target else r.file
+        line = f"  patch {r.patch} edits[{r.index}] ({r.op}) at {where}: {r.status}"
+        if r.message:
+            line += f": {r.message}"
+        if r.candidates:
+            line += f"; nearest: {', '.join(r.candidates)}"
+        lines.append(line + f" [{r.source}]")
+    lines.append("Fix the anchor in the patch (see `python -m rewriter check`) or retire the patch.")
+    return "\n".join(lines)
+
+
+def _outcome_to_json(outcome: FileOutcome) -> dict:  # type: ignore[type-arg]
+    return {"steps": outcome.steps, "reports": [asdict(r) for r in outcome.reports]}
+
+
+def _outcome_from_json(path: str, upstream: str | None, data: dict) -> FileOutcome:  # type: ignore[type-arg]
+    reports = [EditReport(**{**r, "candidates": tuple(r["candidates"])}) for r in data["reports"]]
+    return FileOutcome(path=path, upstream=upstream, steps=[tuple(s) for s in data["steps"]], reports=reports)  # type: ignore[misc]

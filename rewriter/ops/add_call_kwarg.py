@@ -1,0 +1,84 @@
+"""``add_call_kwarg``: pass one more keyword at a matched call, only while the flag is on.
+
+The keyword is added as ``**({"name": value} if <guard> else {})``, so with the flag off the
+call receives exactly upstream's arguments.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from rewriter.ops.base import FileOp, OpResult, Status, node_code, same_code
+
+
+class _CallFinder(cst.CSTVisitor):
+    def __init__(self, module: cst.Module, callee: str) -> None:
+        super().__init__()
+        self.module, self.callee, self.calls = module, callee, []  # type: ignore[var-annotated]
+        self.names: set[str] = set()
+
+        self.depth = 0
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        """Enter the target function only, not functions nested in it."""
+        self.depth += 1
+        return self.depth == 1
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+        self.depth -= 1
+
+    def visit_Call(self, node: cst.Call) -> None:
+        name = node_code(self.module, node.func)
+        self.names.add(name)
+        if same_code(name, self.callee):
+            self.calls.append(node)
+
+
+class _KwargAdder(cst.CSTTransformer):
+    def __init__(self, calls: list[cst.Call], extra: cst.Arg) -> None:
+        super().__init__()
+        self.ids = {id(c) for c in calls}
+        self.extra = extra
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if id(original) not in self.ids:
+            return updated
+        args = list(updated.args)
+        if not args:
+            return updated.with_changes(args=[self.extra])
+        last = args[-1]
+        # keep the call's layout: the new argument takes the last one's trailing comma, and
+        # the last one gets the separator used between earlier arguments
+        sep = args[-2].comma if len(args) > 1 else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        if isinstance(sep, cst.MaybeSentinel):
+            sep = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        args[-1] = last.with_changes(comma=sep)
+        args.append(self.extra.with_changes(comma=last.comma))
+        return updated.with_changes(args=args)
+
+
+class AddCallKwargOp(FileOp):
+    KIND = "add_call_kwarg"
+
+    def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
+        callee, keyword, value = (self.edit.args[k] for k in ("call", "keyword", "value"))
+        finder = _CallFinder(module, callee)
+        target.visit(finder)
+        import difflib
+
+        near = tuple(difflib.get_close_matches(callee, sorted(finder.names), n=3, cutoff=0.5))
+        drift = self.count_result(module, len(finder.calls), f"call to {callee}", near)
+        if drift is not None:
+            return drift
+        expr = f"({{{keyword!r}: {value}}} if {self.edit.guard} else {{}})"
+        have = [c for c in finder.calls if any(
+            (a.keyword is not None and a.keyword.value == keyword)
+            or (a.star == "**" and same_code(node_code(module, a.value), expr))
+            for a in c.args)]
+        if len(have) == len(finder.calls):
+            return OpResult(Status.PRESENT, module, len(have))
+        if have:
+            return OpResult(Status.AMBIGUOUS, module, len(have), f"{keyword}= already passed at {len(have)} of {len(finder.calls)} calls")
+        extra = cst.Arg(value=cst.parse_expression(expr), star="**")
+        new_target = target.visit(_KwargAdder(finder.calls, extra))
+        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(finder.calls))  # type: ignore[arg-type]

@@ -1,0 +1,327 @@
+"""Load, validate and order the patchsets under ``patchsets/``.
+
+Layout::
+
+    patchsets/
+      v0.1.0/
+        series.yaml                 # version, summary, ordered list of patch ids
+        <patch id>/
+          patch.yaml                # flags, upstream status, edits
+          *.py.j2                   # code templates named by the edits
+
+Every problem is a :class:`PatchsetError` naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from packaging.version import InvalidVersion, Version
+
+from rewriter.errors import PatchsetError
+from rewriter.ops.catalog import CATALOG, INSERT_WHERE
+from rewriter.patchset.model import Edit, Flag, Patch, Patchsets, PatchsetVersion, content_hash
+from rewriter.patchset.schema import (
+    EDIT_COMMON_KEYS,
+    FLAG_KEYS,
+    FLAG_TYPES,
+    PATCH_KEYS,
+    SERIES_KEYS,
+    UPSTREAM_KEYS,
+    check_choice,
+    check_flag_value,
+    check_mapping,
+    where,
+)
+from rewriter.yamlio import LocatedDict, load_yaml
+
+VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
+IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def load_patchsets(root: Path) -> Patchsets:
+    """Load every ``vX.Y.Z`` folder under ``root``, oldest first, fully validated."""
+    if not root.is_dir():
+        raise PatchsetError(f"{root}: patchsets folder not found")
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
+        key=lambda p: _folder_version(p),
+    )
+    versions: list[PatchsetVersion] = []
+    seen_ids: dict[str, str] = {}
+    seen_flags: dict[str, str] = {}
+    for folder in folders:
+        version = _load_version(root, folder, seen_ids, seen_flags)
+        versions.append(version)
+    return Patchsets(root=root, versions=tuple(versions))
+
+
+def _folder_version(folder: Path) -> Version:
+    if not VERSION_RE.match(folder.name):
+        raise PatchsetError(f"{folder}: patchset folders must be named vX.Y.Z, got {folder.name!r}")
+    try:
+        return Version(folder.name[1:])
+    except InvalidVersion as exc:  # pragma: no cover - the regex already guards this
+        raise PatchsetError(f"{folder}: not a version: {folder.name!r}") from exc
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent))
+    except ValueError:
+        return str(path)
+
+
+def _load_version(
+    root: Path, folder: Path, seen_ids: dict[str, str], seen_flags: dict[str, str]
+) -> PatchsetVersion:
+    series_path = folder / "series.yaml"
+    origin = _rel(root, series_path)
+    if not series_path.is_file():
+        raise PatchsetError(f"{origin}: missing; every patchset version needs a series.yaml")
+    series = check_mapping(origin, load_yaml(series_path, origin), SERIES_KEYS, "series")
+    if series["version"] != folder.name:
+        raise PatchsetError(
+            f"{where(origin, series, 'version')}: version {series['version']!r} does not match "
+            f"its folder {folder.name!r}"
+        )
+    listed: list[str] = []
+    for i, pid in enumerate(series["patches"]):
+        if not isinstance(pid, str):
+            raise PatchsetError(f"{where(origin, series, 'patches')}: patches[{i}] must be a patch id string")
+        if pid in listed:
+            raise PatchsetError(f"{where(origin, series, 'patches')}: patch {pid!r} is listed twice")
+        listed.append(pid)
+    on_disk = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    unlisted = [name for name in on_disk if name not in listed]
+    if unlisted:
+        raise PatchsetError(
+            f"{where(origin, series, 'patches')}: patch folder(s) {', '.join(unlisted)} exist but are "
+            "not listed in the series; list them (order matters) or remove them"
+        )
+    patches = []
+    for pid in listed:
+        patch_dir = folder / pid
+        if not patch_dir.is_dir():
+            raise PatchsetError(f"{where(origin, series, 'patches')}: listed patch {pid!r} has no folder {_rel(root, patch_dir)}")
+        patch = _load_patch(root, patch_dir, folder.name)
+        if patch.id in seen_ids:
+            raise PatchsetError(f"{_rel(root, patch_dir / 'patch.yaml')}: duplicate patch id {patch.id!r} (also in {seen_ids[patch.id]})")
+        seen_ids[patch.id] = folder.name
+        for flag in patch.flags:
+            if flag.name in seen_flags:
+                raise PatchsetError(
+                    f"{_rel(root, patch_dir / 'patch.yaml')}: flag {flag.name!r} is already declared by "
+                    f"patch {seen_flags[flag.name]!r}"
+                )
+            seen_flags[flag.name] = patch.id
+        patches.append(patch)
+    return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches))
+
+
+def _load_patch(root: Path, patch_dir: Path, version: str) -> Patch:
+    path = patch_dir / "patch.yaml"
+    origin = _rel(root, path)
+    if not path.is_file():
+        raise PatchsetError(f"{origin}: missing patch.yaml")
+    data = check_mapping(origin, load_yaml(path, origin), PATCH_KEYS, "patch")
+    if data["id"] != patch_dir.name:
+        raise PatchsetError(f"{where(origin, data, 'id')}: id {data['id']!r} does not match its folder {patch_dir.name!r}")
+    if not IDENT_RE.match(data["id"]):
+        raise PatchsetError(f"{where(origin, data, 'id')}: id {data['id']!r} must be a lower-case identifier")
+    check_choice(origin, data, "implemented_in", ("core", "runtime"))
+    upstream = check_mapping(origin, data["upstream"], UPSTREAM_KEYS, "upstream")
+    check_choice(origin, upstream, "status", ("absent", "partial", "present"))
+    if not data["flags"]:
+        raise PatchsetError(f"{where(origin, data, 'flags')}: a patch declares at least one flag")
+    flags = tuple(_load_flag(origin, node, version) for node in data["flags"])
+    names = [f.name for f in flags]
+    for name in names:
+        if names.count(name) > 1:
+            raise PatchsetError(f"{where(origin, data, 'flags')}: flag {name!r} declared twice")
+    edit_nodes = data.get("edits", [])
+    if data["implemented_in"] == "runtime" and edit_nodes:
+        raise PatchsetError(f"{where(origin, data, 'edits')}: a runtime-implemented patch has no core edits")
+    if data["implemented_in"] == "core" and not edit_nodes:
+        raise PatchsetError(f"{where(origin, data)}: a core patch needs at least one edit")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(patch_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    flag_map = {f.name: f for f in flags}
+    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map) for i, node in enumerate(edit_nodes))
+    files = [path] + sorted(p for p in patch_dir.iterdir() if p.is_file() and p.name != "patch.yaml")
+    return Patch(
+        id=data["id"],
+        summary=data["summary"],
+        version=version,
+        implemented_in=data["implemented_in"],
+        upstream_status=upstream["status"],
+        upstream_note=upstream.get("note", ""),
+        flags=flags,
+        edits=edits,
+        path=patch_dir,
+        content_hash=content_hash(files),
+    )
+
+
+def _load_flag(origin: str, node: Any, version: str) -> Flag:
+    node = check_mapping(origin, node, FLAG_KEYS, "flag")
+    check_choice(origin, node, "type", tuple(FLAG_TYPES))
+    check_choice(origin, node, "table", ("module", "model"))
+    check_choice(origin, node, "origin", ("primus", "upstream"))
+    if not IDENT_RE.match(node["name"]):
+        raise PatchsetError(f"{where(origin, node, 'name')}: flag name {node['name']!r} must be a lower-case identifier")
+    if node["version"] != version:
+        raise PatchsetError(
+            f"{where(origin, node, 'version')}: flag {node['name']!r} says version {node['version']!r} "
+            f"but lives in patchset {version}; versions must be in order (move the patch or fix the version)"
+        )
+    nullable = bool(node.get("nullable", False))
+    check_flag_value(origin, node, node["type"], nullable)
+    choices = tuple(node.get("choices", ()))
+    if choices and node["default"] not in choices:
+        raise PatchsetError(f"{where(origin, node, 'default')}: default {node['default']!r} is not one of its choices {list(choices)}")
+    return Flag(
+        name=node["name"],
+        type=node["type"],
+        default=node["default"],
+        version=node["version"],
+        description=node["description"].strip(),
+        notes=node.get("notes", "").strip(),
+        table=node["table"],
+        origin=node.get("origin", "primus"),
+        choices=choices,
+        nullable=nullable,
+    )
+
+
+def _load_edit(
+    origin: str,
+    node: Any,
+    index: int,
+    env: jinja2.Environment,
+    patch_id: str,
+    flags: dict[str, Flag],
+) -> Edit:
+    what = f"edits[{index}]"
+    if not isinstance(node, dict) or "op" not in node:
+        raise PatchsetError(f"{where(origin, node)}: {what} must be a mapping with an 'op' key")
+    kind = node["op"]
+    spec = CATALOG.get(kind)
+    if spec is None:
+        import difflib
+
+        hint = difflib.get_close_matches(str(kind), list(CATALOG), n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise PatchsetError(
+            f"{where(origin, node, 'op')}: unknown operation {kind!r} in {what}{suggestion}; "
+            f"known: {', '.join(CATALOG)}"
+        )
+    keys = dict(EDIT_COMMON_KEYS)
+    keys.update({name: ((typ,), req) for name, (typ, req) in spec.args.items()})
+    node = check_mapping(origin, node, keys, f"{what} ({kind})")
+    loc = where(origin, node)
+    if spec.needs_target and not node.get("target"):
+        raise PatchsetError(f"{loc}: {what} ({kind}) needs a 'target' (qualified name such as Class.method)")
+    if not spec.needs_target and "target" in node:
+        raise PatchsetError(f"{where(origin, node, 'target')}: {what} ({kind}) takes no 'target'")
+    guard = node.get("guard")
+    if spec.needs_guard:
+        if not guard:
+            raise PatchsetError(f"{loc}: {what} ({kind}) needs a 'guard' expression on its flag")
+        _check_guard(where(origin, node, "guard"), guard, flags)
+    elif guard:
+        raise PatchsetError(f"{where(origin, node, 'guard')}: {what} ({kind}) takes no 'guard'")
+    if kind == "insert_statements":
+        check_choice(origin, node, "where", INSERT_WHERE)
+        if node["where"] in ("before", "after") and not node.get("anchor"):
+            raise PatchsetError(f"{loc}: {what} inserts {node['where']} a statement, so it needs an 'anchor'")
+        if node["where"] not in ("before", "after") and node.get("anchor"):
+            raise PatchsetError(f"{where(origin, node, 'anchor')}: 'anchor' is only used with where: before/after")
+        if node.get("anchor"):
+            _check_python(where(origin, node, "anchor"), node["anchor"], "anchor")
+    if kind == "add_config_field" and node["flag"] not in flags:
+        raise PatchsetError(f"{where(origin, node, 'flag')}: flag {node['flag']!r} is not declared by this patch")
+    if kind == "add_module" and not node["file"].endswith(".py"):
+        raise PatchsetError(f"{where(origin, node, 'file')}: add_module creates a .py file, got {node['file']!r}")
+    expect = node.get("expect", 1)
+    if expect < 1:
+        raise PatchsetError(f"{where(origin, node, 'expect')}: expect must be at least 1")
+    code = _render_code(origin, node, spec.needs_code, env, patch_id, flags, what)
+    args = {k: v for k, v in node.items() if k in spec.args}
+    return Edit(
+        op=kind,
+        file=node["file"],
+        target=node.get("target"),
+        args=args,
+        expect=expect,
+        guard=guard,
+        code=code,
+        template=node.get("template"),
+        source=loc,
+    )
+
+
+def _render_code(
+    origin: str,
+    node: LocatedDict,
+    needs_code: bool,
+    env: jinja2.Environment,
+    patch_id: str,
+    flags: dict[str, Flag],
+    what: str,
+) -> str | None:
+    has_template, has_code = "template" in node, "code" in node
+    if not needs_code:
+        if has_template or has_code:
+            key = "template" if has_template else "code"
+            raise PatchsetError(f"{where(origin, node, key)}: {what} ({node['op']}) takes no code")
+        return None
+    if has_template == has_code:
+        raise PatchsetError(f"{where(origin, node)}: {what} needs exactly one of 'template' or 'code'")
+    context = {"patch_id": patch_id, "flags": flags, "vars": node.get("vars", {})}
+    key = "template" if has_template else "code"
+    loc = where(origin, node, key)
+    try:
+        if has_template:
+            text = env.get_template(node["template"]).render(context)
+        else:
+            text = env.from_string(node["code"]).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise PatchsetError(f"{loc}: missing template {exc.name!r} (looked in {env.loader.searchpath[0]})") from exc  # type: ignore[union-attr]
+    except jinja2.TemplateSyntaxError as exc:
+        raise PatchsetError(f"{loc}: template {exc.name or 'code'}:{exc.lineno}: {exc.message}") from exc
+    except jinja2.UndefinedError as exc:
+        raise PatchsetError(f"{loc}: template uses an undefined variable: {exc.message}") from exc
+    _check_python(loc, text, f"rendered {key}")
+    return text
+
+
+def _check_python(loc: str, text: str, what: str) -> None:
+    try:
+        ast.parse(text)
+    except SyntaxError as exc:
+        raise PatchsetError(f"{loc}: {what} is not valid Python (line {exc.lineno}: {exc.msg})") from exc
+
+
+def _check_guard(loc: str, guard: str, flags: dict[str, Flag]) -> None:
+    """A guard is an expression that reads at least one of the patch's own flags."""
+    try:
+        tree = ast.parse(guard, mode="eval")
+    except SyntaxError as exc:
+        raise PatchsetError(f"{loc}: guard is not a Python expression: {exc.msg}") from exc
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    if not names & set(flags):
+        raise PatchsetError(
+            f"{loc}: guard {guard!r} reads none of this patch's flags ({', '.join(flags)}); "
+            "every edit must be gated by its flag"
+        )

@@ -1,0 +1,129 @@
+"""Frozen dataclasses for loaded patchsets.
+
+These are what the engine and the emitters see; YAML never leaves :mod:`rewriter.patchset.loader`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A documented Primus flag: one row of the patch-notes tables."""
+
+    name: str
+    type: str
+    default: Any
+    version: str
+    description: str
+    notes: str
+    table: str  # "module" or "model": which patch-notes table lists it
+    origin: str  # "primus": the patch adds it; "upstream": upstream already defines it
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One operation on one file, as declared in a patch."""
+
+    op: str
+    file: str
+    target: str | None
+    args: dict[str, Any]
+    expect: int
+    guard: str | None
+    code: str | None  # rendered template text (None for ops without code)
+    template: str | None  # template path relative to the patch folder, for messages
+    source: str  # "<patch.yaml>:<line>" for messages
+
+    def cache_token(self) -> str:
+        """A stable text that changes whenever anything affecting this edit's output changes."""
+        parts = [self.op, self.file, str(self.target), repr(sorted(self.args.items())),
+                 str(self.expect), str(self.guard), str(self.code)]
+        return "\x1f".join(parts)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A patch: its flags, where it is implemented, its upstream status and its edits."""
+
+    id: str
+    summary: str
+    version: str
+    implemented_in: str  # "core" or "runtime"
+    upstream_status: str  # "absent", "partial" or "present"
+    upstream_note: str
+    flags: tuple[Flag, ...]
+    edits: tuple[Edit, ...]
+    path: Path
+    content_hash: str
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.flags)
+
+
+@dataclass(frozen=True)
+class PatchsetVersion:
+    """One folder ``patchsets/vX.Y.Z``: the patches it adds, in series order."""
+
+    version: str
+    summary: str
+    patches: tuple[Patch, ...]
+
+    @property
+    def key(self) -> Version:
+        return Version(self.version.lstrip("v"))
+
+
+@dataclass(frozen=True)
+class Patchsets:
+    """Every version, oldest first. Versions are cumulative: vN applies all patches up to vN."""
+
+    root: Path
+    versions: tuple[PatchsetVersion, ...] = field(default_factory=tuple)
+
+    def names(self) -> list[str]:
+        return [v.version for v in self.versions]
+
+    def get(self, version: str) -> PatchsetVersion:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        known = ", ".join(self.names()) or "none"
+        raise KeyError(f"unknown patchset version {version!r} (known: {known})")
+
+    def series(self, upto: str | None = None) -> list[Patch]:
+        """All patches of every version up to and including ``upto`` (default: newest)."""
+        out: list[Patch] = []
+        for v in self.versions:
+            out.extend(v.patches)
+            if v.version == upto:
+                break
+        return out
+
+    def previous(self, version: str) -> str | None:
+        names = self.names()
+        i = names.index(version)
+        return names[i - 1] if i > 0 else None
+
+    def newest(self) -> str:
+        return self.versions[-1].version
+
+    def flags(self, upto: str | None = None) -> list[Flag]:
+        return [f for p in self.series(upto) for f in p.flags]
+
+
+def content_hash(files: list[Path]) -> str:
+    """sha256 over the given files' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
