@@ -118,6 +118,8 @@ def build(paths: Paths, upstream: Upstream, out: Path, wheel_versions: list[str]
 
 def _claim_output(out: Path) -> Path:
     """Create the temporary output folder beside ``out``, or fail before any work."""
+    if out.exists() and not out.is_dir():
+        raise EmitError(f"output directory {out} exists and is not a directory; remove it or choose another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
@@ -165,12 +167,24 @@ def _write_report(applied: Applied, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def _build_version_wheel(applied: Applied, version: str, dest: Path, build_cache: Path | None) -> Path:
-    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version)
+def support_files(applied: Applied, version: str | None, flavor: str = "default") -> tuple[str, dict[str, str]]:
+    """The manifest text and the generated support package files for one version."""
+    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor)
     text = manifest_json(manifest)
+    return text, {f"{SUPPORT_PACKAGE}/__init__.py": support_init(manifest), f"{SUPPORT_PACKAGE}/manifest.json": text}
+
+
+def stage_version(applied: Applied, version: str | None, dest: Path) -> None:
+    """Write the importable source tree of one version (``None``: upstream + empty support package)."""
+    _, support = support_files(applied, version)
+    label = local_version(applied.upstream.version, version).split("+", 1)[1]
+    stage_tree(dest, applied.upstream, applied.tree(version), support, label)
+
+
+def _build_version_wheel(applied: Applied, version: str, dest: Path, build_cache: Path | None) -> Path:
+    text, support = support_files(applied, version)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "manifest.json").write_text(text, encoding="utf-8")
-    support = {f"{SUPPORT_PACKAGE}/__init__.py": support_init(manifest), f"{SUPPORT_PACKAGE}/manifest.json": text}
     label = local_version(applied.upstream.version, version).split("+", 1)[1]
     changed = applied.tree(version)
     cached = _wheel_cache_dir(build_cache, applied.upstream.digest, changed, support, label)

@@ -143,7 +143,11 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
             log(f"cloning {repo} into {clone_dir}")
             clone_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".clone-", dir=clone_dir.parent))
-            git.Repo.clone_from(repo, tmp, bare=True)
+            try:
+                git.Repo.clone_from(repo, tmp, bare=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # no half-cloned folder left in the cache
+                raise
             tmp.replace(clone_dir)
         clone = git.Repo(clone_dir)
         full = _rev_parse(clone, sha)
@@ -165,7 +169,7 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
         if worktree.is_dirty(untracked_files=True):
             raise UpstreamError(f"{tree_dir}: the upstream checkout has local modifications; delete it and rebuild")
     except git.GitCommandError as exc:
-        raise UpstreamError(f"git failed for {repo}: {exc.stderr.strip() or exc}") from exc
+        raise UpstreamError(f"git failed for {repo}: {_git_failure(exc)}") from exc
     files = source_files(tree_dir, pin.files)
     digest = source_digest(tree_dir, files)
     release = next((r for r in pin.releases if r.commit == full), None)
@@ -176,6 +180,15 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
         )
     version = release.version if release else _package_version(tree_dir)
     return UpstreamTree(tree_dir, repo, full, version, release.tag if release else None, digest, "git", files)
+
+
+def _git_failure(exc: Exception) -> str:
+    """git's own message on one line (GitPython wraps stderr as ``\\n  stderr: '...'``)."""
+    stderr = str(getattr(exc, "stderr", "") or "").strip()
+    if stderr.startswith("stderr: '") and stderr.endswith("'"):
+        stderr = stderr[len("stderr: '"):-1]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return "; ".join(lines) or f"{' '.join(map(str, getattr(exc, 'command', [])))} exited with {getattr(exc, 'status', '?')}"
 
 
 def _rev_parse(repo: object, sha: str) -> str | None:

@@ -39,7 +39,8 @@ def stage_tree(
     info.write_text(stamp_version(info.read_text(encoding="utf-8"), local_label), encoding="utf-8")
     with (dest / "MANIFEST.in").open("a", encoding="utf-8") as fh:
         fh.write(f"include {SUPPORT_PACKAGE}/manifest.json\n")
-    for path in dest.rglob("*"):
+    for path in dest.rglob("*"):  # modes and times must not depend on the machine
+        path.chmod(0o755 if path.is_dir() else 0o644)
         os.utime(path, (FIXED_MTIME, FIXED_MTIME))
 
 

@@ -44,6 +44,7 @@ def build_wheel(staging: Path, out_dir: Path, cache_dir: Path | None) -> Path:
         target = _build_lib(staging) / _helper_relpath()
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(helper_cache / "helper.so", target)  # mtime now: newer than its source
+        target.chmod(0o755)  # as the linker writes it under umask 022 (see _run_pip_wheel)
     with tempfile.TemporaryDirectory(prefix="wheel-") as tmp:
         _run_pip_wheel(staging, Path(tmp))
         wheels = list(Path(tmp).glob("*.whl"))
@@ -78,7 +79,8 @@ def _run_pip_wheel(staging: Path, out: Path) -> None:
     )
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
            "-w", str(out), str(staging) + os.sep]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # a fixed umask: file modes end up in the wheel
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=lambda: os.umask(0o022))
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise EmitError(f"wheel build failed (pip wheel exit {proc.returncode}); last lines:\n{tail}")

@@ -52,8 +52,10 @@ class _KwargAdder(cst.CSTTransformer):
         sep = args[-2].comma if len(args) > 1 else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
         if isinstance(sep, cst.MaybeSentinel):
             sep = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        args[-1] = last.with_changes(comma=sep)
-        args.append(self.extra.with_changes(comma=last.comma))
+        # and the whitespace before ``)`` (the line break of a call without a trailing comma)
+        # moves with the last argument's place
+        args[-1] = last.with_changes(comma=sep, whitespace_after_arg=cst.SimpleWhitespace(""))
+        args.append(self.extra.with_changes(comma=last.comma, whitespace_after_arg=last.whitespace_after_arg))
         return updated.with_changes(args=args)
 
 

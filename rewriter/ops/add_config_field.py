@@ -20,7 +20,11 @@ def field_lines(flag: Flag) -> str:
     if flag.type not in _PY_TYPES:
         raise ValueError(f"flag {flag.name!r}: add_config_field supports {', '.join(_PY_TYPES)}, not {flag.type}")
     annotation = _PY_TYPES[flag.type] + (" | None" if flag.nullable else "")
-    doc = flag.description.replace('"""', "'''")
+    # the docstring's value is the description: backslashes are escaped, a triple quote becomes
+    # ''', and a final " is escaped so that it does not run into the closing quotes
+    doc = flag.description.replace("\\", "\\\\").replace('"""', "'''")
+    if doc.endswith('"'):
+        doc = doc[:-1] + '\\"'
     return f'{flag.name}: {annotation} = {flag.default!r}\n"""{doc}"""\n'
 
 

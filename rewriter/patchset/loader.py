@@ -41,6 +41,8 @@ from rewriter.yamlio import LocatedDict, load_yaml
 
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: flag types that add_config_field can declare as a dataclass field (see rewriter.ops.add_config_field)
+CONFIG_FIELD_TYPES = ("bool", "int", "float", "str")
 
 
 def load_patchsets(root: Path) -> Patchsets:
@@ -249,6 +251,11 @@ def _load_edit(
             _check_python(where(origin, node, "anchor"), node["anchor"], "anchor")
     if kind == "add_config_field" and node["flag"] not in flags:
         raise PatchsetError(f"{where(origin, node, 'flag')}: flag {node['flag']!r} is not declared by this patch")
+    if kind == "add_config_field" and flags[node["flag"]].type not in CONFIG_FIELD_TYPES:
+        raise PatchsetError(
+            f"{where(origin, node, 'flag')}: add_config_field supports flags of type {', '.join(CONFIG_FIELD_TYPES)}; "
+            f"flag {node['flag']!r} is {flags[node['flag']].type}"
+        )
     if kind == "add_module" and not node["file"].endswith(".py"):
         raise PatchsetError(f"{where(origin, node, 'file')}: add_module creates a .py file, got {node['file']!r}")
     expect = node.get("expect", 1)

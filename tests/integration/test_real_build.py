@@ -1,0 +1,80 @@
+"""The real thing: build the wheel from the pinned upstream, install it into a fresh virtual
+environment, import megatron.core there and read the stamped version and the manifest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from rewriter.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+PINNED = "55ac7082517c3878ae653c07c09c534b8aed49f6"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "out"
+    assert main(["build", "--root", str(REPO), "--upstream", PINNED[:12], "--out", str(out), "-q"]) == 0
+    return out
+
+
+def test_outputs(out: Path) -> None:
+    """The wheel, manifest, report and every diff are there; the manifest says what was built."""
+    wheels = list(out.glob("megatron_core-0.16.1+primus.v0.4.0-*.whl"))
+    assert len(wheels) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["upstream"]["commit"] == PINNED
+    assert manifest["upstream"]["tag"] == "core_v0.16.1"
+    assert manifest["package"]["version"] == "0.16.1+primus.v0.4.0"
+    assert {p["id"]: p["status"] for p in manifest["patches"]} == {
+        "moe_router_force_load_balancing": "applied",
+        "no_fp8_weight_transpose_cache": "applied",
+    }
+    for version in ("v0.1.0", "v0.2.0", "v0.3.0", "v0.4.0"):
+        assert (out / "diffs" / "versions" / f"{version}.upstream.diff").is_file()
+        assert (out / "diffs" / "versions" / f"{version}.previous.diff").is_file()
+    patch_diff = (out / "diffs" / "patches" / "v0.1.0" / "001-moe_router_force_load_balancing.diff").read_text()
+    assert "+            probs, routing_map = force_even_routing(probs, routing_map, self.topk)" in patch_diff
+    assert (out / "diffs" / "versions" / "v0.4.0.previous.diff").read_text() == ""
+
+
+def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None:
+    """pip installs the wheel (torch pinned to the CPU build) and megatron.core reports the stamp."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    wheel = next(out.glob("*.whl"))
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel), "torch==2.13.0"], check=True)
+    code = (
+        "import json, megatron.core, megatron.core._primus as primus\n"
+        "from importlib.metadata import version\n"
+        "m = primus.manifest()\n"
+        "print(json.dumps({'module': megatron.core.__version__, 'dist': version('megatron-core'),"
+        " 'patchset': m['patchset']['version'], 'flags': sorted(primus.FLAGS)}))\n"
+    )
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {
+        "module": "0.16.1+primus.v0.4.0",
+        "dist": "0.16.1+primus.v0.4.0",
+        "patchset": "v0.4.0",
+        "flags": sorted(["moe_router_force_load_balancing", "moe_router_force_load_balancing_type",
+                         "no_fp8_weight_transpose_cache"]),
+    }
+
+
+def test_rebuild_is_byte_identical(out: Path, tmp_path: Path) -> None:
+    """Same inputs, same bytes: a build without any cache gives the same wheel and manifest."""
+    again = tmp_path / "again"
+    assert main(["build", "--root", str(REPO), "--upstream", PINNED, "--out", str(again), "--no-cache", "-q"]) == 0
+    for name in [next(out.glob("*.whl")).name, "manifest.json"]:
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    assert sys.version_info >= (3, 10)

@@ -1,0 +1,34 @@
+"""Fixtures: the sample upstream (sdist, git repository, pin) and one project per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sample_upstream import Sample, SampleUpstream, make_upstream
+
+
+@pytest.fixture(scope="session")
+def sample_upstream(tmp_path_factory: pytest.TempPathFactory) -> SampleUpstream:
+    """The fake upstream: generated once per session, never modified by a test."""
+    return make_upstream(tmp_path_factory.mktemp("sample-upstream"))
+
+
+@pytest.fixture
+def sample(tmp_path: Path, sample_upstream: SampleUpstream, monkeypatch: pytest.MonkeyPatch) -> Sample:
+    """A project under tmp_path: the pin, the sample patchsets, empty caches; --out not created."""
+    monkeypatch.delenv("PRIMUS_REWRITER_CACHE", raising=False)
+    root = tmp_path / "project"
+    root.mkdir()
+    s = Sample(
+        upstream=sample_upstream,
+        root=root,
+        pin=root / "upstream.yaml",
+        patchsets=root / "patchsets",
+        cache=tmp_path / "upstream-cache",
+        build_cache=tmp_path / "build-cache",
+        out=tmp_path / "outputs" / "out",
+    )
+    s.write_pin()
+    s.write_patchsets()
+    return s
