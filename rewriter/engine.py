@@ -195,7 +195,13 @@ def _cache_key(versions: str, path: str, upstream: str | None, edits: list[tuple
     return h.hexdigest()
 
 
-def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]]) -> FileOutcome:
+def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]],
+                created_by_series: bool = False) -> FileOutcome:
+    """Apply ``edits`` to one file in order.
+
+    ``created_by_series`` is set by the second pass for a file that an ``add_module`` edit of the
+    series created: it exists now, possibly with later patches' insertions, and that is expected.
+    """
     import libcst as cst
 
     from rewriter.ops.add_module import add_module
@@ -205,7 +211,9 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
     outcome = FileOutcome(path=path, upstream=upstream)
     text, module = upstream, None
     for n, (patch, i, edit) in enumerate(edits):
-        if edit.op == "add_module":
+        if edit.op == "add_module" and created_by_series:
+            report = _report(patch, i, edit, Status.PRESENT.value, 1)
+        elif edit.op == "add_module":
             status, text, message = add_module(edit, text)
             module = None
             report = _report(patch, i, edit, status.value, 1, message)
@@ -239,7 +247,7 @@ def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -
     if not outcome.steps:
         return
     final = outcome.steps[-1][1]
-    second = _apply_file(outcome.path, final, edits)
+    second = _apply_file(outcome.path, final, edits, created_by_series=outcome.upstream is None)
     unstable = [r for r in second.reports if r.status != "already-present"]
     changed = second.steps and second.steps[-1][1] != final
     if unstable or changed:
@@ -251,17 +259,20 @@ def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -
 
 
 def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
-    lines = [f"{len(failures)} edit(s) do not apply to upstream {upstream_label}:"]
+    """One line: every failing edit with patch, file, target, status, nearest candidates, source."""
+    lines = []
     for r in failures:
         where = f"{r.file}::{r.target}" if r.target else r.file
-        line = f"  patch {r.patch} edits[{r.index}] ({r.op}) at {where}: {r.status}"
+        line = f"patch {r.patch} edits[{r.index}] ({r.op}) at {where}: {r.status}"
         if r.message:
             line += f": {r.message}"
         if r.candidates:
             line += f"; nearest: {', '.join(r.candidates)}"
         lines.append(line + f" [{r.source}]")
-    lines.append("Fix the anchor in the patch (see `python -m rewriter check`) or retire the patch.")
-    return "\n".join(lines)
+    return (
+        f"{len(failures)} edit(s) do not apply to upstream {upstream_label}: " + "; ".join(lines)
+        + ". Fix the anchor in the patch (`python -m rewriter check` re-runs this) or retire the patch."
+    )
 
 
 def _outcome_to_json(outcome: FileOutcome) -> dict:  # type: ignore[type-arg]

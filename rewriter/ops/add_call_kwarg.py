@@ -47,16 +47,29 @@ class _KwargAdder(cst.CSTTransformer):
         if not args:
             return updated.with_changes(args=[self.extra])
         last = args[-1]
-        # keep the call's layout: the new argument takes the last one's trailing comma, and
-        # the last one gets the separator used between earlier arguments
-        sep = args[-2].comma if len(args) > 1 else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        if isinstance(sep, cst.MaybeSentinel):
+        # keep the call's layout: the last argument takes the separator used between earlier
+        # arguments (with its own end-of-line comment, not theirs), and the new argument takes
+        # the last one's trailing comma and the whitespace before ``)``
+        sep = args[-2].comma if len(args) > 1 else cst.MaybeSentinel.DEFAULT
+        if not isinstance(sep, cst.Comma):
             sep = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        # and the whitespace before ``)`` (the line break of a call without a trailing comma)
-        # moves with the last argument's place
+        if isinstance(sep.whitespace_after, cst.ParenthesizedWhitespace):
+            sep = sep.with_changes(whitespace_after=sep.whitespace_after.with_changes(first_line=_line_end(last.comma)))
+        trailing = last.comma
+        if isinstance(trailing, cst.Comma) and isinstance(trailing.whitespace_after, cst.ParenthesizedWhitespace):
+            trailing = trailing.with_changes(
+                whitespace_after=trailing.whitespace_after.with_changes(first_line=cst.TrailingWhitespace())
+            )
         args[-1] = last.with_changes(comma=sep, whitespace_after_arg=cst.SimpleWhitespace(""))
-        args.append(self.extra.with_changes(comma=last.comma, whitespace_after_arg=last.whitespace_after_arg))
+        args.append(self.extra.with_changes(comma=trailing, whitespace_after_arg=last.whitespace_after_arg))
         return updated.with_changes(args=args)
+
+
+def _line_end(comma: cst.Comma | cst.MaybeSentinel) -> cst.TrailingWhitespace:
+    """The end of the line after an argument's comma, with its comment if it has one."""
+    if isinstance(comma, cst.Comma) and isinstance(comma.whitespace_after, cst.ParenthesizedWhitespace):
+        return comma.whitespace_after.first_line
+    return cst.TrailingWhitespace()
 
 
 class AddCallKwargOp(FileOp):

@@ -60,6 +60,19 @@ def _has_return(stmt: cst.BaseStatement) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and any(isinstance(s, cst.Return) for s in stmt.body)
 
 
+def _inline_return(stmt: cst.BaseStatement) -> bool:
+    """``if x: return y`` and the like: a return in a one-line suite of a compound statement."""
+    suites: list[cst.CSTNode] = [stmt]
+    while suites:
+        node = suites.pop()
+        for child in node.children:
+            if isinstance(child, cst.SimpleStatementSuite) and any(isinstance(s, cst.Return) for s in child.body):
+                return True
+            if isinstance(child, (cst.If, cst.Else)):
+                suites.append(child)
+    return False
+
+
 class InsertStatementsOp(FileOp):
     KIND = "insert_statements"
 
@@ -89,6 +102,12 @@ class InsertStatementsOp(FileOp):
             return [Site(body, len(body.body), "backward")], None
         everything = statement_sites(body)
         if where == "before_return":
+            inline = [s for _, _, s in everything if _inline_return(s)]
+            if inline:
+                code = node_code(module, inline[0]).strip().splitlines()[-1].strip()
+                return [], OpResult(Status.MISSING, module, 0,
+                                    f"{self.edit.target} returns from a one-line suite ({code!r}); statements cannot "
+                                    "be inserted before that return without reformatting upstream: anchor elsewhere")
             found = [Site(b, i, "backward") for b, i, s in everything if _has_return(s)]
             drift = self.count_result(module, len(found), "return statement")
             return found, drift

@@ -24,6 +24,47 @@ def forwarding_call(func: cst.FunctionDef, callee: str) -> str:
     return f"{callee}({', '.join(args)})"
 
 
+class _YieldFinder(cst.CSTVisitor):
+    """Does a function body yield (outside nested functions, lambdas and classes)?"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def visit_Yield(self, node: cst.Yield) -> None:
+        self.found = True
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False
+
+
+def is_generator(func: cst.FunctionDef) -> bool:
+    finder = _YieldFinder()
+    func.body.visit(finder)
+    return finder.found
+
+
+def handoff(func: cst.FunctionDef, call: str) -> str:
+    """How the routed function hands its call over, keeping what callers get back.
+
+    A plain function returns the new implementation's result; a coroutine awaits it; a generator
+    yields from it (a ``return value`` there would end the iteration with nothing).
+    """
+    if func.asynchronous is not None and is_generator(func):
+        return f"async for _primus_item in {call}:\n    yield _primus_item\nreturn\n"
+    if func.asynchronous is not None:
+        return f"return await {call}\n"
+    if is_generator(func):
+        return f"return (yield from {call})\n"
+    return f"return {call}\n"
+
+
 class RouteFunctionOp(FileOp):
     KIND = "route_function"
 
@@ -34,9 +75,8 @@ class RouteFunctionOp(FileOp):
             return OpResult(Status.MISSING, module, 0, str(exc))
         assert isinstance(target, cst.FunctionDef)
         module_name, _, func_name = self.edit.args["to"].partition(":")
-        code = (
-            f"from {module_name} import {func_name} as _primus_impl\n\n"
-            f"return _primus_impl({forwarding_call(target, '').strip('()')})\n"
+        code = f"from {module_name} import {func_name} as _primus_impl\n\n" + handoff(
+            target, forwarding_call(target, "_primus_impl")
         )
         stmt = guarded_block(self.patch_id, self.flag_names, self.edit.guard or "", code)
         status, new_module, message = insert_at_sites(module, target, [Site(body, docstring_offset(body), "forward")], stmt)

@@ -180,13 +180,8 @@ def test_ambiguous_anchor_with_matching_expect_applies(sample: Sample, capsys: p
     assert "double_output" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine._drift_message joins its lines with newlines")
 def test_drift_error_is_one_line(sample: Sample, capsys: pytest.CaptureFixture[str]) -> None:
-    """README, cli.py and errors.py: every error is ONE line on stderr; drift errors are not.
-
-    ``engine._drift_message`` joins its lines with newlines, so the CLI prints a header line, one
-    line per failing edit and a hint line. Remove the xfail once it is one line.
-    """
+    """Every error is ONE line on stderr, drift errors too: patch, file, target, nearest candidate."""
     sample.edit_patch("    target: scale\n", "    target: scael\n")
     assert build(sample, sample.out) == 4
     one_error_line(capsys.readouterr().err, "double_output", BLOCK, "scael", "nearest: scale")

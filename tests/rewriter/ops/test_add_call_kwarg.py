@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from helpers import assert_not_applied, assert_op, load, run_op
 
 from rewriter.ops.add_call_kwarg import AddCallKwargOp
@@ -121,7 +120,6 @@ def test_single_argument_on_its_own_line():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: per-argument comments are duplicated/moved when the keyword is added")
 def test_comments_after_arguments_stay_with_their_arguments():
     """``n,  # out`` keeps its comment; the previous argument's comment is not copied onto it."""
     assert_op(

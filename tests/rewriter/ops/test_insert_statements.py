@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from helpers import apply_in_series, assert_not_applied, assert_op, load, make_edit, make_flag, make_patch, run_op
 
 from rewriter.engine import apply_series
@@ -234,9 +233,9 @@ def test_already_present_at_only_some_returns_is_ambiguous():
     assert "1 of 2" in result.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a return in a one-line suite (`if x: return 1`) is not seen")
-def test_before_return_sees_a_return_in_a_one_line_suite():
-    """``if x: return 1`` is a return of the function; before_return must count it (expect=2)."""
+def test_before_return_refuses_a_return_in_a_one_line_suite():
+    """``if x: return 1`` cannot get statements before its return without reformatting upstream:
+    the op says so (and where) instead of silently counting one return fewer."""
     result = run_op(
         InsertStatementsOp,
         """
@@ -246,7 +245,8 @@ def test_before_return_sees_a_return_in_a_one_line_suite():
         """,
         **insert(where="before_return", expect=2, code="x = 0\n"),
     )
-    assert result.status is Status.APPLIED, result.message
+    assert result.status is Status.MISSING
+    assert "one-line suite ('if x: return 1')" in result.message
 
 
 # --- where: before / after an anchor ------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import types
 
-import pytest
 from helpers import assert_not_applied, assert_op, load, run_op
 
 from rewriter.ops.base import Status
@@ -330,7 +329,6 @@ def test_method_defined_in_both_try_and_except_is_ambiguous():
 # --- known problems -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: routing a generator function returns inside it, so flag on yields nothing")
 def test_routed_generator_yields_the_implementations_items(monkeypatch):
     """A generator's ``return value`` ends the iteration: the route must ``yield from`` instead."""
     result = run_op(
@@ -354,7 +352,6 @@ def test_routed_generator_yields_the_implementations_items(monkeypatch):
     assert list(load(result.module.code)["batches"](Config(), 2)) == [("primus", 0), ("primus", 1)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: routing an async function returns the coroutine un-awaited")
 def test_routed_coroutine_awaits_the_implementation(monkeypatch):
     """``await f()`` with the flag on must give the implementation's result, not a coroutine."""
     import asyncio
