@@ -84,30 +84,32 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
     return Applied(patchsets, tree, result)
 
 
-def build(paths: Paths, upstream: Upstream, out: Path, wheel_versions: list[str], ui: UI,
-          verify: bool = True) -> Path:
+def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: UI,
+          verify: bool = True, wheels: bool = True) -> Path:
     """Run the whole build; return the output folder.
 
-    ``wheel_versions`` (oldest first) get a wheel each; with several, each goes under
-    ``versions/<version>/`` and the last one is also put at the top of ``out``.
+    Diffs cover every patchset version. ``versions`` (oldest first) get a manifest and, unless
+    ``wheels`` is false, a wheel each; with several, each goes under ``versions/<version>/`` and
+    the last one is also put at the top of ``out``.
     """
     out = out.resolve()
     tmp_out = _claim_output(out)
     try:
         applied = apply_patchsets(paths, upstream, ui, verify)
-        for version in wheel_versions:
+        for version in versions:
             applied.patchsets.get(version)  # fail early on an unknown version
         with ui.task("writing diffs, manifests and report"):
             _write_diffs(applied, tmp_out)
             _write_report(applied, tmp_out)
-        for version in wheel_versions:
-            with ui.task(f"building wheel for {version}"):
-                dest = tmp_out / "versions" / version if len(wheel_versions) > 1 else tmp_out
-                wheel = _build_version_wheel(applied, version, dest, paths.build_cache)
-                if dest != tmp_out and version == wheel_versions[-1]:
-                    for produced in (wheel, dest / "manifest.json"):
-                        shutil.copyfile(produced, tmp_out / produced.name)
-                ui.info(wheel.name)
+        for version in versions:
+            task = f"building wheel for {version}" if wheels else f"writing manifest for {version}"
+            with ui.task(task):
+                dest = tmp_out / "versions" / version if len(versions) > 1 else tmp_out
+                produced = _emit_version(applied, version, dest, paths.build_cache, wheels)
+                if dest != tmp_out and version == versions[-1]:
+                    for path in produced:
+                        shutil.copyfile(path, tmp_out / path.name)
+                ui.info(produced[-1].name)
         with ui.task(f"moving outputs into {out}"):
             _move_into_place(tmp_out, out)
     except BaseException:
@@ -181,24 +183,28 @@ def stage_version(applied: Applied, version: str | None, dest: Path) -> None:
     stage_tree(dest, applied.upstream, applied.tree(version), support, label)
 
 
-def _build_version_wheel(applied: Applied, version: str, dest: Path, build_cache: Path | None) -> Path:
+def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path | None, wheel: bool) -> list[Path]:
+    """Write one version's manifest and (optionally) wheel into ``dest``; return what was written."""
     text, support = support_files(applied, version)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "manifest.json").write_text(text, encoding="utf-8")
+    manifest = dest / "manifest.json"
+    manifest.write_text(text, encoding="utf-8")
+    if not wheel:
+        return [manifest]
     label = local_version(applied.upstream.version, version).split("+", 1)[1]
     changed = applied.tree(version)
     cached = _wheel_cache_dir(build_cache, applied.upstream.digest, changed, support, label)
     if cached is not None and len(hits := list(cached.glob("*.whl"))) == 1:
         shutil.copyfile(hits[0], dest / hits[0].name)
-        return dest / hits[0].name
+        return [manifest, dest / hits[0].name]
     with tempfile.TemporaryDirectory(prefix="staging-") as tmp:
         staging = Path(tmp) / "src"
         stage_tree(staging, applied.upstream, changed, support, label)
-        wheel = build_wheel(staging, dest, build_cache)
+        built = build_wheel(staging, dest, build_cache)
     if cached is not None:
         cached.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(wheel, cached / wheel.name)
-    return wheel
+        shutil.copyfile(built, cached / built.name)
+    return [manifest, built]
 
 
 def _wheel_cache_dir(build_cache: Path | None, digest: str, changed: dict[str, str],

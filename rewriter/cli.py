@@ -55,7 +55,7 @@ def cmd_build(args: argparse.Namespace, ui: UI) -> int:
         if version not in names:
             raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(names)})")
         versions = [version]
-    out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast)
+    out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast, wheels=not args.no_wheel)
     print(out)
     return 0
 
@@ -125,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--all-versions", action="store_true", help="build a wheel for every patchset version")
     b.add_argument("--out", default="build/out", help="output folder (default: build/out)")
     b.add_argument("--fast", action="store_true", help="skip the second-pass stability check")
+    b.add_argument("--no-wheel", action="store_true", help="write diffs, manifests and report only (for review)")
     d = sub.add_parser("diff", parents=[common, upstream], help="print the diff of one patchset version")
     d.add_argument("version")
     d.add_argument("--against", choices=("upstream", "previous"), default="previous")
