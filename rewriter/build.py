@@ -85,12 +85,13 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
 
 
 def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: UI,
-          verify: bool = True, wheels: bool = True) -> Path:
+          verify: bool = True, wheels: bool = True, flavor: str = "default") -> Path:
     """Run the whole build; return the output folder.
 
     Diffs cover every patchset version. ``versions`` (oldest first) get a manifest and, unless
     ``wheels`` is false, a wheel each; with several, each goes under ``versions/<version>/`` and
-    the last one is also put at the top of ``out``.
+    the last one is also put at the top of ``out``. A non-default ``flavor`` (see
+    :mod:`rewriter.flavors`) adds its rewrites to every wheel and writes their diff.
     """
     out = out.resolve()
     tmp_out = _claim_output(out)
@@ -105,7 +106,7 @@ def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: 
             task = f"building wheel for {version}" if wheels else f"writing manifest for {version}"
             with ui.task(task):
                 dest = tmp_out / "versions" / version if len(versions) > 1 else tmp_out
-                produced = _emit_version(applied, version, dest, paths.build_cache, wheels)
+                produced = _emit_version(applied, version, dest, paths.build_cache, wheels, flavor, ui)
                 if dest != tmp_out and version == versions[-1]:
                     for path in produced:
                         shutil.copyfile(path, tmp_out / path.name)
@@ -169,50 +170,84 @@ def _write_report(applied: Applied, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def support_files(applied: Applied, version: str | None, flavor: str = "default") -> tuple[str, dict[str, str]]:
-    """The manifest text and the generated support package files for one version."""
-    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor)
-    text = manifest_json(manifest)
-    return text, {f"{SUPPORT_PACKAGE}/__init__.py": support_init(manifest), f"{SUPPORT_PACKAGE}/manifest.json": text}
+@dataclass(frozen=True)
+class Sources:
+    """Everything a wheel's staging tree is made of, besides the upstream files."""
+
+    changed: dict[str, str]  # rewritten upstream files and modules the patches add
+    support: dict[str, str]  # the generated support package
+    label: str  # the local version label, e.g. primus.v0.4.0.cputest
+    manifest: str  # manifest.json text
+
+    def flavor_changes(self, patched: dict[str, str]) -> dict[str, str]:
+        """Files the flavor rewrote (relative to the patched tree)."""
+        return {p: t for p, t in self.changed.items() if patched.get(p) != t}
 
 
-def stage_version(applied: Applied, version: str | None, dest: Path) -> None:
+def sources(applied: Applied, version: str | None, flavor: str = "default",
+            build_cache: Path | None = None, ui: UI | None = None) -> Sources:
+    """The files of one (version, flavor): patched tree, flavor rewrites, support package."""
+    changed = applied.tree(version)
+    support: dict[str, str] = {}
+    if flavor == "cpu-test":
+        from rewriter.flavors import cpu_test
+
+        files = {rel: applied.upstream.read(rel) or "" for rel in applied.upstream.files if rel.endswith(".py")}
+        files.update(changed)
+        cache = EditCache(build_cache / "flavor" if build_cache else None)
+        changed = {**changed, **cpu_test.rewrite_tree(files, cache, ui.info if ui else lambda _m: None)}
+        support[cpu_test.SHIM_FILE] = cpu_test.shim_source()
+    elif flavor != "default":
+        raise EmitError(f"unknown flavor {flavor!r}")
+    manifest = manifest_json(build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor))
+    support[f"{SUPPORT_PACKAGE}/__init__.py"] = support_init(json.loads(manifest))
+    support[f"{SUPPORT_PACKAGE}/manifest.json"] = manifest
+    label = local_version(applied.upstream.version, version, flavor).split("+", 1)[1]
+    return Sources(changed, support, label, manifest)
+
+
+def stage_version(applied: Applied, version: str | None, dest: Path, flavor: str = "default",
+                  build_cache: Path | None = None) -> None:
     """Write the importable source tree of one version (``None``: upstream + empty support package)."""
-    _, support = support_files(applied, version)
-    label = local_version(applied.upstream.version, version).split("+", 1)[1]
-    stage_tree(dest, applied.upstream, applied.tree(version), support, label)
+    src = sources(applied, version, flavor, build_cache)
+    stage_tree(dest, applied.upstream, src.changed, src.support, src.label)
 
 
-def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path | None, wheel: bool) -> list[Path]:
-    """Write one version's manifest and (optionally) wheel into ``dest``; return what was written."""
-    text, support = support_files(applied, version)
+def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path | None, wheel: bool,
+                  flavor: str, ui: UI) -> list[Path]:
+    """Write one version's manifest, flavor diff and (optionally) wheel into ``dest``."""
+    src = sources(applied, version, flavor, build_cache, ui)
     dest.mkdir(parents=True, exist_ok=True)
     manifest = dest / "manifest.json"
-    manifest.write_text(text, encoding="utf-8")
+    manifest.write_text(src.manifest, encoding="utf-8")
+    written = [manifest]
+    if flavor != "default":
+        patched = applied.tree(version)
+        changes = {p: (patched.get(p, applied.upstream.read(p)), t) for p, t in src.flavor_changes(patched).items()}
+        flavor_diff = dest / f"flavor-{flavor}.diff"
+        flavor_diff.write_text(unified_diff(changes), encoding="utf-8")
+        written.append(flavor_diff)
     if not wheel:
-        return [manifest]
-    label = local_version(applied.upstream.version, version).split("+", 1)[1]
-    changed = applied.tree(version)
-    cached = _wheel_cache_dir(build_cache, applied.upstream.digest, changed, support, label)
+        return written
+    cached = _wheel_cache_dir(build_cache, applied.upstream.digest, src)
     if cached is not None and len(hits := list(cached.glob("*.whl"))) == 1:
         shutil.copyfile(hits[0], dest / hits[0].name)
-        return [manifest, dest / hits[0].name]
+        return [*written, dest / hits[0].name]
     with tempfile.TemporaryDirectory(prefix="staging-") as tmp:
         staging = Path(tmp) / "src"
-        stage_tree(staging, applied.upstream, changed, support, label)
+        stage_tree(staging, applied.upstream, src.changed, src.support, src.label)
         built = build_wheel(staging, dest, build_cache)
     if cached is not None:
         cached.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(built, cached / built.name)
-    return [manifest, built]
+    return [*written, built]
 
 
-def _wheel_cache_dir(build_cache: Path | None, digest: str, changed: dict[str, str],
-                     support: dict[str, str], label: str) -> Path | None:
+def _wheel_cache_dir(build_cache: Path | None, digest: str, src: Sources) -> Path | None:
     """Cache folder for a wheel, keyed by everything the staging tree is made of."""
     if build_cache is None:
         return None
-    h = hashlib.sha256(f"{digest}\0{label}\0{sys.implementation.cache_tag}\0{rewriter_code_digest()}".encode())
-    for rel, text in sorted({**changed, **support}.items()):
+    h = hashlib.sha256(f"{digest}\0{src.label}\0{sys.implementation.cache_tag}\0{rewriter_code_digest()}".encode())
+    for rel, text in sorted({**src.changed, **src.support}.items()):
         h.update(f"\0{rel}\0{text}".encode())
     return build_cache / "wheels" / h.hexdigest()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rewriter.errors import PatchsetError, RewriterError, StaleError
+from rewriter.flavors import FLAVORS
 from rewriter.ui import UI
 
 BUG_EXIT = 123
@@ -55,7 +56,8 @@ def cmd_build(args: argparse.Namespace, ui: UI) -> int:
         if version not in names:
             raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(names)})")
         versions = [version]
-    out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast, wheels=not args.no_wheel)
+    out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast,
+                wheels=not args.no_wheel, flavor=args.flavor)
     print(out)
     return 0
 
@@ -126,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="build/out", help="output folder (default: build/out)")
     b.add_argument("--fast", action="store_true", help="skip the second-pass stability check")
     b.add_argument("--no-wheel", action="store_true", help="write diffs, manifests and report only (for review)")
+    b.add_argument("--flavor", choices=FLAVORS, default="default",
+                   help="cpu-test: route CUDA calls through a device module so tests run on CPU (default: default)")
     d = sub.add_parser("diff", parents=[common, upstream], help="print the diff of one patchset version")
     d.add_argument("version")
     d.add_argument("--against", choices=("upstream", "previous"), default="previous")

@@ -20,7 +20,7 @@ MANIFEST_SCHEMA = 1
 
 def local_version(upstream_version: str, patchset_version: str | None, flavor: str = "default") -> str:
     """``0.16.1+primus.v0.4.0``: a PEP 440 local version naming the patchset (and a non-default flavor)."""
-    label = "primus." + (patchset_version or "none")
+    label = "primus." + (patchset_version or "upstream")
     if flavor != "default":
         label += "." + flavor.replace("-", "")
     return f"{upstream_version}+{label}"

@@ -1,0 +1,80 @@
+"""cpu-test builds of the pinned upstream and a torchrun launcher for the training script.
+
+Two trees, both with the cpu-test flavor: ``upstream`` (no patches) and ``patched`` (the newest
+patchset version). Training runs are cached per session: several tests read the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rewriter.build import Applied, Paths, Upstream, apply_patchsets, stage_version
+from rewriter.ui import UI
+from rewriter.upstream import default_cache_dir, load_pin
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).parent / "train_tiny.py"
+
+
+@pytest.fixture(scope="session")
+def cpu_applied() -> Applied:
+    paths = Paths(REPO / "patchsets", REPO / "vendor" / "upstream.yaml", default_cache_dir(REPO), REPO / "build" / "cache")
+    return apply_patchsets(paths, Upstream(load_pin(paths.pin).pinned.commit), UI(quiet=True))
+
+
+@pytest.fixture(scope="session")
+def cpu_trees(cpu_applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cpu-trees")
+    trees = {"upstream": root / "upstream", "patched": root / "patched"}
+    cache = REPO / "build" / "cache"
+    stage_version(cpu_applied, None, trees["upstream"], "cpu-test", cache)
+    stage_version(cpu_applied, cpu_applied.patchsets.newest(), trees["patched"], "cpu-test", cache)
+    return trees
+
+
+class Trainer:
+    """Runs ``train_tiny.py`` under torchrun against a tree; remembers every run of the session."""
+
+    def __init__(self, trees: dict[str, Path], workdir: Path) -> None:
+        self.trees, self.workdir, self.runs = trees, workdir, {}  # type: ignore[var-annotated]
+
+    def __call__(self, tree: str, nproc: int = 1, tag: str = "", **opts: object) -> dict:  # type: ignore[type-arg]
+        key = json.dumps([tree, nproc, tag, opts], sort_keys=True)
+        if key not in self.runs:
+            self.runs[key] = self._run(tree, nproc, key, opts)
+        return self.runs[key]
+
+    def _run(self, tree: str, nproc: int, key: str, opts: dict) -> dict:  # type: ignore[type-arg]
+        out = self.workdir / f"run-{len(self.runs)}.json"
+        if nproc == 1:  # keep its initial weights: PP=2 and EP=2 runs start from them
+            opts = {**opts, "save_init": str(out.with_suffix(".init.pt"))}
+        env = {**os.environ, "PYTHONPATH": str(self.trees[tree]), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(_free_port()), str(SCRIPT), str(out), json.dumps(opts)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.workdir, timeout=600)
+        if proc.returncode != 0:
+            errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln and ln.startswith("[rank")]
+            return {"failed": True, "errors": errors, "stderr": proc.stderr[-4000:]}
+        result = json.loads(out.read_text())
+        if nproc == 1:
+            result["init"] = opts["save_init"]
+        return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def train(cpu_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    return Trainer(cpu_trees, tmp_path_factory.mktemp("runs"))

@@ -1,0 +1,185 @@
+"""Train a tiny megatron.core GPT for a few steps on CPU with gloo; write losses and grad norms.
+
+Run under torchrun with the tree to test first on PYTHONPATH (a cpu-test build):
+
+    torchrun --nproc-per-node N train_tiny.py OUT.json '{"model": "dense", "tp": 1, "pp": 1, "ep": 1}'
+
+Everything is megatron.core's own: parallel_state, the RNG tracker, GPTModel with the local
+layer spec, DistributedDataParallel, get_megatron_optimizer, get_forward_backward_func.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+MODELS = {
+    # Llama-style: RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases
+    "dense": dict(num_layers=4, hidden_size=64, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=128),
+    # Mixtral-style: the same, with 4 experts and top-2 routing in every layer
+    "moe": dict(num_layers=2, hidden_size=64, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=96,
+                num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=96, moe_aux_loss_coeff=1e-2,
+                moe_router_load_balancing_type="aux_loss", moe_token_dispatcher_type="alltoall"),
+}
+VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 8, 2
+
+
+def main(out: str, opts: dict) -> None:
+    torch.distributed.init_process_group("gloo")
+    torch.use_deterministic_algorithms(True)
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    tp, pp, ep = opts.get("tp", 1), opts.get("pp", 1), opts.get("ep", 1)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
+    )
+    seed = opts.get("seed", 1234)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+    arch = MODELS[opts["model"]]
+    config = TransformerConfig(
+        **arch,
+        **opts.get("config", {}),
+        normalization="RMSNorm",
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
+        pipeline_dtype=torch.float32,
+        use_cpu_initialization=True,
+        perform_initialization=True,
+    )
+    spec = get_gpt_layer_local_spec(num_experts=arch.get("num_moe_experts"), normalization="RMSNorm")
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=VOCAB,
+        max_sequence_length=SEQ,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        position_embedding_type="rope",
+        share_embeddings_and_output_weights=False,
+    )
+    if opts.get("save_init") and torch.distributed.get_rank() == 0:
+        torch.save(model.state_dict(), opts["save_init"])
+    if opts.get("load_init"):
+        load_reference_weights(model, torch.load(opts["load_init"]), config, parallel_state)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
+    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+    # what Megatron's trainer wires up: data-parallel (and embedding, layernorm) grad reduction
+    # at the end of each forward_backward, and no reduction on the earlier microbatches
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model.no_sync
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, clip_grad=1.0, bf16=False, fp16=False,
+                        use_distributed_optimizer=False),
+        [model],
+    )
+
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    per_rank = GLOBAL_BATCH // dp
+    num_microbatches = per_rank // MICRO_BATCH
+    data = torch.Generator().manual_seed(99)
+    forward_backward = get_forward_backward_func()
+    losses, grad_norms = [], []
+    for _ in range(opts.get("steps", 5)):
+        tokens = batch_of_progressions(data)
+        mine = tokens[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        batches = iter([mine[i:i + MICRO_BATCH] for i in range(0, per_rank, MICRO_BATCH)])
+        model.zero_grad_buffer()
+        optimizer.zero_grad()
+        step_losses = forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=batches,
+            model=[model],
+            num_microbatches=num_microbatches,
+            seq_length=SEQ,
+            micro_batch_size=MICRO_BATCH,
+            forward_only=False,
+        )
+        _, grad_norm, _ = optimizer.step()
+        losses.append(average_loss(step_losses, parallel_state))
+        grad_norms.append(float(grad_norm))
+    if torch.distributed.get_rank() == 0:
+        with open(out, "w") as fh:
+            json.dump({"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size()}, fh)
+    torch.distributed.destroy_process_group()
+
+
+def load_reference_weights(model, reference, config, parallel_state) -> None:  # type: ignore[no-untyped-def]
+    """Copy a single-process model's initial weights into this rank's part of the model.
+
+    Megatron initialises pipeline stages and expert-parallel ranks from different points of the
+    random stream, so PP=2 or EP=2 starts from other weights than PP=1. To compare training, every
+    layout starts from the PP=1, EP=1 weights: local layer i is global layer i + offset, local
+    expert j on expert-parallel rank r is global expert r * experts_per_rank + j.
+    """
+    if parallel_state.get_tensor_model_parallel_world_size() != 1:
+        raise ValueError("reference weights are for TP=1 layouts (TP=2 already initialises identically)")
+    layers = model.decoder.layers
+    offset = layers[0].layer_number - 1 if len(layers) else 0
+    local_experts = (config.num_moe_experts or 0) // parallel_state.get_expert_model_parallel_world_size()
+    expert_offset = parallel_state.get_expert_model_parallel_rank() * local_experts
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not torch.is_tensor(tensor) or name.endswith("_extra_state"):
+                continue
+            parts = name.split(".")
+            if parts[:2] == ["decoder", "layers"]:
+                parts[2] = str(int(parts[2]) + offset)
+            if "local_experts" in parts:
+                i = parts.index("local_experts") + 1
+                parts[i] = str(int(parts[i]) + expert_offset)
+            tensor.copy_(reference[".".join(parts)])
+
+
+def batch_of_progressions(generator: torch.Generator) -> torch.Tensor:
+    """Sequences ``start, start+d, start+2d, … (mod VOCAB)``: learnable in a few steps."""
+    start = torch.randint(0, VOCAB, (GLOBAL_BATCH, 1), generator=generator)
+    step = torch.randint(1, 4, (GLOBAL_BATCH, 1), generator=generator)
+    return (start + step * torch.arange(SEQ + 1)) % VOCAB
+
+
+def forward_step(data_iterator, model):  # type: ignore[no-untyped-def]
+    batch = next(data_iterator)
+    tokens, labels = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    positions = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
+    output = model(tokens, positions, attention_mask=None, labels=labels)
+    return output, partial(loss_func, labels)
+
+
+def loss_func(labels, output_tensor):  # type: ignore[no-untyped-def]
+    loss = output_tensor.float().mean()
+    return loss, {"lm loss": loss.detach().clone()}  # the schedule scales `loss` in place
+
+
+def average_loss(step_losses, parallel_state) -> float:  # type: ignore[no-untyped-def]
+    """The step's loss, averaged over microbatches and data-parallel ranks, known on every rank."""
+    value = torch.zeros(1, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage():
+        value += sum(float(d["lm loss"]) for d in step_losses) / len(step_losses)
+        torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
+        value /= parallel_state.get_data_parallel_world_size()
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return float(value)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], json.loads(sys.argv[2]))
