@@ -190,7 +190,7 @@ def _cache_key(versions: str, path: str, upstream: str | None, edits: list[tuple
     for part in (ENGINE_CACHE_VERSION, versions, path, str(verify), "\0" if upstream is None else upstream):
         h.update(part.encode("utf-8") + b"\x1e")
     for patch, i, edit in edits:
-        flags = repr([(f.name, f.type, f.default, f.choices, f.nullable, f.description) for f in patch.flags])
+        flags = repr([(f.name, f.type, f.default, f.choices, f.nullable, f.description) for f in patch.gating_flags])
         h.update(f"{patch.id}\x1f{i}\x1f{flags}\x1f{edit.cache_token()}\x1e".encode())
     return h.hexdigest()
 
@@ -225,7 +225,7 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
                     module = cst.parse_module(text)
                 except cst.ParserSyntaxError as exc:
                     raise ApplyError(f"{path}: libcst cannot parse it: {exc}") from exc
-            result = FILE_OPS[edit.op](edit, patch.id, patch.flags).apply(module)
+            result = FILE_OPS[edit.op](edit, patch.id, patch.gating_flags).apply(module)
             module = result.module
             text = module.code
             report = _report(patch, i, edit, result.status.value, result.count, result.message, result.candidates)

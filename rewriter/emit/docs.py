@@ -38,10 +38,15 @@ def render_patch_notes(patchsets: Patchsets) -> str:
         autoescape=False,
     )
     rows: dict[str, list[dict[str, Any]]] = {"module": [], "model": []}
+    series = patchsets.series()
     for version in patchsets.versions:
         for patch in version.patches:
-            symbols = patched_symbols(patch)
             for flag in patch.flags:
+                # the flag's story: its own patch, then later patches gated by it too
+                symbols = patched_symbols(patch)
+                for user in series:
+                    if flag in user.uses_flags:
+                        symbols += [s for s in patched_symbols(user) if s not in symbols]
                 rows[flag.table].append(
                     {
                         "flag": flag,

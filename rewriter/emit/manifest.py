@@ -75,6 +75,7 @@ def _patch_entry(patch: Patch, result: SeriesResult) -> dict[str, Any]:
         "implemented_in": patch.implemented_in,
         "status": result.patch_status(patch),
         "flags": list(patch.flag_names),
+        "uses_flags": [f.name for f in patch.uses_flags],
         "upstream_status": patch.upstream_status,
         "hash": "sha256:" + patch.content_hash,
         "edits": [

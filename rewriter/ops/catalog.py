@@ -58,6 +58,12 @@ CATALOG: dict[str, OpSpec] = {
             needs_code=False,
         ),
         OpSpec(
+            kind="override_call_kwarg",
+            description="Behind the flag, pass another value for a keyword a matched call already has.",
+            args={"call": (str, True), "keyword": (str, True), "value": (str, True)},
+            needs_code=False,
+        ),
+        OpSpec(
             kind="add_module",
             description="Add a new module to the package, rendered from a template.",
             args={},

@@ -56,6 +56,27 @@ def _child_blocks(node: cst.CSTNode) -> list[cst.IndentedBlock]:
     return blocks
 
 
+_PASS_BLOCK = cst.IndentedBlock(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+
+
+def matches_anchor(module: cst.Module, stmt: cst.BaseStatement, anchor: str) -> bool:
+    """Does ``stmt`` equal the anchor, compared as Python?
+
+    A simple statement is compared whole. An anchor ending in ``:`` is the header of a compound
+    statement (``if x and y:``, ``for a in b:``, ``with c:``), compared with the statement's header
+    only; an ``if`` anchor does not match an ``elif``.
+    """
+    header = anchor.strip()
+    if header.endswith(":"):
+        if not isinstance(stmt, (cst.If, cst.For, cst.While, cst.With)):
+            return False
+        bare = stmt.with_changes(body=_PASS_BLOCK, leading_lines=[])
+        if isinstance(bare, (cst.If, cst.For, cst.While)):
+            bare = bare.with_changes(orelse=None)
+        return same_code(node_code(module, bare), header + "\n    pass\n")
+    return isinstance(stmt, cst.SimpleStatementLine) and same_code(node_code(module, stmt), anchor)
+
+
 def _has_return(stmt: cst.BaseStatement) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and any(isinstance(s, cst.Return) for s in stmt.body)
 
@@ -112,8 +133,7 @@ class InsertStatementsOp(FileOp):
             drift = self.count_result(module, len(found), "return statement")
             return found, drift
         anchor = self.edit.args["anchor"]
-        matched = [(b, i) for b, i, s in everything
-                   if isinstance(s, cst.SimpleStatementLine) and same_code(node_code(module, s), anchor)]
+        matched = [(b, i) for b, i, s in everything if matches_anchor(module, s, anchor)]
         if where == "before":
             found = [Site(b, i, "backward") for b, i in matched]
         else:
@@ -126,6 +146,7 @@ def _near_statements(module: cst.Module, sites: list[tuple[cst.IndentedBlock, in
     """The simple statements of the function that look most like the anchor."""
     import difflib
 
-    lines = [node_code(module, s).strip() for _, _, s in sites if isinstance(s, cst.SimpleStatementLine)]
+    lines = [node_code(module, s).strip() if isinstance(s, cst.SimpleStatementLine)
+             else node_code(module, s).strip().splitlines()[0] for _, _, s in sites]
     lines = [ln.splitlines()[-1] if ln.startswith("#") else ln for ln in lines]
     return tuple(difflib.get_close_matches(anchor.strip(), lines, n=3, cutoff=0.4))

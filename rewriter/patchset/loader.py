@@ -55,7 +55,7 @@ def load_patchsets(root: Path) -> Patchsets:
     )
     versions: list[PatchsetVersion] = []
     seen_ids: dict[str, str] = {}
-    seen_flags: dict[str, str] = {}
+    seen_flags: dict[str, tuple[str, Flag]] = {}
     for folder in folders:
         version = _load_version(root, folder, seen_ids, seen_flags)
         versions.append(version)
@@ -79,7 +79,7 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _load_version(
-    root: Path, folder: Path, seen_ids: dict[str, str], seen_flags: dict[str, str]
+    root: Path, folder: Path, seen_ids: dict[str, str], seen_flags: dict[str, tuple[str, Flag]]
 ) -> PatchsetVersion:
     series_path = folder / "series.yaml"
     origin = _rel(root, series_path)
@@ -110,7 +110,7 @@ def _load_version(
         patch_dir = folder / pid
         if not patch_dir.is_dir():
             raise PatchsetError(f"{where(origin, series, 'patches')}: listed patch {pid!r} has no folder {_rel(root, patch_dir)}")
-        patch = _load_patch(root, patch_dir, folder.name)
+        patch = _load_patch(root, patch_dir, folder.name, seen_flags)
         if patch.id in seen_ids:
             raise PatchsetError(f"{_rel(root, patch_dir / 'patch.yaml')}: duplicate patch id {patch.id!r} (also in {seen_ids[patch.id]})")
         seen_ids[patch.id] = folder.name
@@ -118,14 +118,14 @@ def _load_version(
             if flag.name in seen_flags:
                 raise PatchsetError(
                     f"{_rel(root, patch_dir / 'patch.yaml')}: flag {flag.name!r} is already declared by "
-                    f"patch {seen_flags[flag.name]!r}"
+                    f"patch {seen_flags[flag.name][0]!r}"
                 )
-            seen_flags[flag.name] = patch.id
+            seen_flags[flag.name] = (patch.id, flag)
         patches.append(patch)
     return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches))
 
 
-def _load_patch(root: Path, patch_dir: Path, version: str) -> Patch:
+def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, tuple[str, Flag]]) -> Patch:
     path = patch_dir / "patch.yaml"
     origin = _rel(root, path)
     if not path.is_file():
@@ -138,9 +138,12 @@ def _load_patch(root: Path, patch_dir: Path, version: str) -> Patch:
     check_choice(origin, data, "implemented_in", ("core", "runtime"))
     upstream = check_mapping(origin, data["upstream"], UPSTREAM_KEYS, "upstream")
     check_choice(origin, upstream, "status", ("absent", "partial", "present"))
-    if not data["flags"]:
-        raise PatchsetError(f"{where(origin, data, 'flags')}: a patch declares at least one flag")
-    flags = tuple(_load_flag(origin, node, version) for node in data["flags"])
+    flags = tuple(_load_flag(origin, node, version) for node in data.get("flags", []))
+    uses = _used_flags(origin, data, declared)
+    if not flags and not uses:
+        raise PatchsetError(
+            f"{where(origin, data)}: a patch declares at least one flag, or uses_flags of an earlier patch"
+        )
     names = [f.name for f in flags]
     for name in names:
         if names.count(name) > 1:
@@ -156,8 +159,9 @@ def _load_patch(root: Path, patch_dir: Path, version: str) -> Patch:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    flag_map = {f.name: f for f in flags}
-    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map) for i, node in enumerate(edit_nodes))
+    flag_map = {f.name: f for f in flags + uses}
+    own = {f.name for f in flags}
+    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map, own) for i, node in enumerate(edit_nodes))
     files = [path] + sorted(p for p in patch_dir.iterdir() if p.is_file() and p.name != "patch.yaml")
     return Patch(
         id=data["id"],
@@ -170,7 +174,20 @@ def _load_patch(root: Path, patch_dir: Path, version: str) -> Patch:
         edits=edits,
         path=patch_dir,
         content_hash=content_hash(files),
+        uses_flags=uses,
     )
+
+
+def _used_flags(origin: str, data: LocatedDict, declared: dict[str, tuple[str, Flag]]) -> tuple[Flag, ...]:
+    """``uses_flags``: flags of earlier patches (this series) that also gate this patch's edits."""
+    used = []
+    for name in data.get("uses_flags", []):
+        if not isinstance(name, str) or name not in declared:
+            raise PatchsetError(
+                f"{where(origin, data, 'uses_flags')}: uses flag {name!r}, which no earlier patch declares"
+            )
+        used.append(declared[name][1])
+    return tuple(used)
 
 
 def _load_flag(origin: str, node: Any, version: str) -> Flag:
@@ -211,6 +228,7 @@ def _load_edit(
     env: jinja2.Environment,
     patch_id: str,
     flags: dict[str, Flag],
+    own_flags: set[str],
 ) -> Edit:
     what = f"edits[{index}]"
     if not isinstance(node, dict) or "op" not in node:
@@ -248,8 +266,9 @@ def _load_edit(
         if node["where"] not in ("before", "after") and node.get("anchor"):
             raise PatchsetError(f"{where(origin, node, 'anchor')}: 'anchor' is only used with where: before/after")
         if node.get("anchor"):
-            _check_python(where(origin, node, "anchor"), node["anchor"], "anchor")
-    if kind == "add_config_field" and node["flag"] not in flags:
+            anchor = node["anchor"].strip()
+            _check_python(where(origin, node, "anchor"), anchor + ("\n    pass" if anchor.endswith(":") else ""), "anchor")
+    if kind == "add_config_field" and node["flag"] not in own_flags:
         raise PatchsetError(f"{where(origin, node, 'flag')}: flag {node['flag']!r} is not declared by this patch")
     if kind == "add_config_field" and flags[node["flag"]].type not in CONFIG_FIELD_TYPES:
         raise PatchsetError(

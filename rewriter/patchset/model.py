@@ -64,10 +64,17 @@ class Patch:
     edits: tuple[Edit, ...]
     path: Path
     content_hash: str
+    #: flags declared by earlier patches that this patch's edits are also gated by
+    uses_flags: tuple[Flag, ...] = ()
 
     @property
     def flag_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.flags)
+
+    @property
+    def gating_flags(self) -> tuple[Flag, ...]:
+        """Every flag the patch's guards may read: its own, then those it uses."""
+        return self.flags + self.uses_flags
 
 
 @dataclass(frozen=True)

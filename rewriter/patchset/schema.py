@@ -32,7 +32,8 @@ PATCH_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "summary": ((str,), True),
     "implemented_in": ((str,), True),
     "upstream": ((dict,), True),
-    "flags": ((list,), True),
+    "flags": ((list,), False),
+    "uses_flags": ((list,), False),
     "edits": ((list,), False),
 }
 UPSTREAM_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {

@@ -24,6 +24,14 @@ MODELS = {
     "moe": dict(num_layers=2, hidden_size=64, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=96,
                 num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=96, moe_aux_loss_coeff=1e-2,
                 moe_router_load_balancing_type="aux_loss", moe_token_dispatcher_type="alltoall"),
+    # DeepSeek-V2-Lite-style: multi-latent attention (no q LoRA, like V2-Lite), 4 routed experts
+    # of which 2 per token, a shared expert, softmax routing with aux loss
+    "deepseek": dict(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=96,
+                     multi_latent_attention=True, q_lora_rank=None, kv_lora_rank=32, qk_head_dim=16,
+                     qk_pos_emb_head_dim=8, v_head_dim=16, rope_type="rope",
+                     num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=48, moe_shared_expert_intermediate_size=48,
+                     moe_aux_loss_coeff=1e-2, moe_router_load_balancing_type="aux_loss",
+                     moe_token_dispatcher_type="alltoall"),
 }
 VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 8, 2
 
@@ -38,7 +46,7 @@ def main(out: str, opts: dict) -> None:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
     tp, pp, ep = opts.get("tp", 1), opts.get("pp", 1), opts.get("ep", 1)
     parallel_state.initialize_model_parallel(
@@ -49,7 +57,8 @@ def main(out: str, opts: dict) -> None:
     model_parallel_cuda_manual_seed(seed)
 
     arch = MODELS[opts["model"]]
-    config = TransformerConfig(
+    config_class = MLATransformerConfig if arch.get("multi_latent_attention") else TransformerConfig
+    config = config_class(
         **arch,
         **opts.get("config", {}),
         normalization="RMSNorm",
@@ -65,7 +74,17 @@ def main(out: str, opts: dict) -> None:
         use_cpu_initialization=True,
         perform_initialization=True,
     )
-    spec = get_gpt_layer_local_spec(num_experts=arch.get("num_moe_experts"), normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(num_experts=arch.get("num_moe_experts"), normalization="RMSNorm",
+                                    multi_latent_attention=bool(arch.get("multi_latent_attention")))
+    if arch.get("multi_latent_attention"):
+        spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+        # upstream 0.16.1 sets multi_latent_attention.HAVE_TE when the TE *extension module*
+        # imports, which it does without TE (its classes are then mocks), and isinstance() on them
+        # fails; on a host without TE the right value is False
+        import megatron.core.extensions.transformer_engine as te_ext
+        import megatron.core.transformer.multi_latent_attention as mla
+
+        mla.HAVE_TE = mla.HAVE_TE and te_ext.HAVE_TE
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -73,7 +92,7 @@ def main(out: str, opts: dict) -> None:
         max_sequence_length=SEQ,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
-        position_embedding_type="rope",
+        position_embedding_type="none" if arch.get("multi_latent_attention") else "rope",
         share_embeddings_and_output_weights=False,
     )
     if opts.get("save_init") and torch.distributed.get_rank() == 0:
@@ -120,7 +139,29 @@ def main(out: str, opts: dict) -> None:
     if torch.distributed.get_rank() == 0:
         with open(out, "w") as fh:
             json.dump({"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size()}, fh)
+    torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     torch.distributed.destroy_process_group()
+
+
+class SDPACoreAttention(torch.nn.Module):
+    """Causal softmax attention with torch SDPA, standing in for TransformerEngine's on CPU.
+
+    megatron's local ``DotProductAttention`` does not take ``k_channels``/``v_channels``, so the
+    local layer spec cannot build multi-latent attention (0.16.1); TE's attention can, and this
+    module takes the same arguments. Layout: [seq, batch, heads, dim] in, [seq, batch, heads*dv] out.
+    """
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type=None, softmax_scale=None,
+                 k_channels=None, v_channels=None, cp_comm_type=None, pg_collection=None, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query, key, value, attention_mask, packed_seq_params=None, attn_mask_type=None, **kwargs):  # type: ignore[no-untyped-def]
+        if packed_seq_params is not None:
+            raise NotImplementedError("packed sequences are not used in these tests")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # -> [b, h, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
+        return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
 
 
 def load_reference_weights(model, reference, config, parallel_state) -> None:  # type: ignore[no-untyped-def]

@@ -201,6 +201,46 @@ def test_duplicate_flag_in_one_patch(sample: Sample) -> None:
     assert "flag 'double_output' declared twice" in message
 
 
+# a v0.2.0 patch that declares no flag of its own and is gated by v0.1.0's flag
+USES_YAML = """\
+id: triple_output
+summary: Triple instead, when the same flag is on.
+implemented_in: core
+uses_flags: [double_output]
+upstream:
+  status: absent
+edits:
+  - op: insert_statements
+    file: megatron/core/transformer/block.py
+    target: shift
+    where: start
+    guard: config.double_output
+    template: double.py.j2
+    vars: {factor: 3}
+"""
+
+
+def test_uses_flags_of_an_earlier_patch(sample: Sample) -> None:
+    """A patch may be gated by an earlier patch's flag instead of declaring its own."""
+    _second_version(sample, USES_YAML, "triple_output")
+    patch = load_patchsets(sample.patchsets).series()[-1]
+    assert patch.flags == () and [f.name for f in patch.uses_flags] == ["double_output"]
+    assert [f.name for f in patch.gating_flags] == ["double_output"]
+
+
+def test_uses_flags_must_be_declared_earlier(sample: Sample) -> None:
+    _second_version(sample, USES_YAML.replace("uses_flags: [double_output]", "uses_flags: [quadruple]"), "triple_output")
+    message = load_error(sample)
+    assert message.startswith("patchsets/v0.2.0/triple_output/patch.yaml:4:")
+    assert "uses flag 'quadruple', which no earlier patch declares" in message
+
+
+def test_a_patch_needs_a_flag_or_uses_one(sample: Sample) -> None:
+    _second_version(sample, USES_YAML.replace("uses_flags: [double_output]\n", ""), "triple_output")
+    message = load_error(sample)
+    assert "a patch declares at least one flag, or uses_flags of an earlier patch" in message
+
+
 def test_flag_version_out_of_order(sample: Sample) -> None:
     text = sample.edit_patch("    version: v0.1.0", "    version: v0.2.0")
     message = load_error(sample)

@@ -753,3 +753,49 @@ def test_patched_method_runs_upstream_with_flag_off_and_inserted_code_with_flag_
     assert (off.args, off.kwargs) == ((4, 8), {"bias": True})
     assert (on.args, on.kwargs) == ((4, 8), {"bias": True, "keep_fp8_weight_transpose_cache": False})
 
+
+
+# --- compound-statement header anchors -------------------------------------------------------
+
+
+def test_before_a_compound_statement_header() -> None:
+    """An anchor ending in ':' matches the header of an if/for/with, not its body, not an elif."""
+    assert_op(
+        InsertStatementsOp,
+        """
+        def f(config, ctx):
+            out = 1
+            if ctx.cache and ctx.decode():
+                out = 2
+            elif ctx.cache and ctx.decode():
+                out = 3
+            return out
+        """,
+        """
+        def f(config, ctx):
+            out = 1
+            # primus: fast_path
+            if config.fast_path:
+                out = out * 10
+            if ctx.cache and ctx.decode():
+                out = 2
+            elif ctx.cache and ctx.decode():
+                out = 3
+            return out
+        """,
+        **insert(where="before", anchor="if ctx.cache  and ctx.decode():", code="out = out * 10\n"),
+    )
+
+
+def test_compound_anchor_not_found_lists_headers() -> None:
+    result = run_op(
+        InsertStatementsOp,
+        """
+        def f(config, items):
+            for item in items:
+                pass
+        """,
+        **insert(where="after", anchor="for thing in items:", code="x = 0\n"),
+    )
+    assert result.status is Status.MISSING
+    assert "for item in items:" in result.candidates
