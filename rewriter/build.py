@@ -25,7 +25,7 @@ from rewriter.errors import EmitError
 from rewriter.patchset.loader import load_patchsets
 from rewriter.patchset.model import Patchsets
 from rewriter.ui import UI
-from rewriter.upstream import UpstreamTree, load_pin, resolve
+from rewriter.upstream import UpstreamTree, load_pin, resolve, resolve_release
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,12 @@ class Paths:
 
 @dataclass(frozen=True)
 class Upstream:
-    sha: str
+    """Which upstream to build from: a commit (``sha``), or a release by PyPI version."""
+
+    sha: str | None = None
     repo: str | None = None
     sdist: Path | None = None
+    release: str | None = None
 
 
 @dataclass
@@ -73,7 +76,12 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
         patchsets = load_patchsets(paths.patchsets)
         ui.info(f"{len(patchsets.versions)} versions, {len(patchsets.series())} patches")
     with ui.task("resolving upstream"):
-        tree = resolve(upstream.sha, load_pin(paths.pin), paths.upstream_cache, upstream.repo, upstream.sdist, ui.info)
+        pin = load_pin(paths.pin)
+        if upstream.release is not None:
+            tree = resolve_release(upstream.release, pin, paths.upstream_cache, upstream.sdist, ui.info)
+        else:
+            tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
+                           upstream.sdist, ui.info)
         ui.info(tree.label)
     with ui.task("applying patches"):
         cache = EditCache(paths.build_cache / "engine" if paths.build_cache else None)

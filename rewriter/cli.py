@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from rewriter.errors import PatchsetError, RewriterError, StaleError
+from rewriter.errors import PatchsetError, RewriterError, StaleError, UsageError
 from rewriter.flavors import FLAVORS
 from rewriter.ui import UI
 
@@ -37,8 +37,11 @@ def _upstream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from rewriter.build import Upstream
     from rewriter.upstream import load_pin
 
-    sha = args.upstream or load_pin(_paths(args).pin).pinned.commit
-    return Upstream(sha=sha, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None)
+    if args.upstream_release and (args.upstream or args.upstream_repo):
+        raise UsageError("--upstream-release names a release by version; do not combine it with --upstream/--upstream-repo")
+    sha = None if args.upstream_release else (args.upstream or load_pin(_paths(args).pin).pinned.commit)
+    return Upstream(sha=sha, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None,
+                    release=args.upstream_release)
 
 
 def cmd_build(args: argparse.Namespace, ui: UI) -> int:
@@ -118,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
     upstream.add_argument("--upstream", metavar="SHA", help="upstream commit, full or unique prefix (default: the pin)")
     upstream.add_argument("--upstream-repo", metavar="URL|PATH", help="resolve SHA with git from this repository")
     upstream.add_argument("--sdist", metavar="PATH", help="use this sdist instead of downloading it from PyPI")
+    upstream.add_argument("--upstream-release", metavar="VERSION",
+                          help="a release of the pin file by PyPI version, e.g. the 0.10.0 drift testbed")
 
     p = argparse.ArgumentParser(prog="python -m rewriter", description="Apply Primus patchsets to megatron-core.")
     sub = p.add_subparsers(dest="command", required=True)

@@ -14,6 +14,12 @@ class RewriterError(Exception):
     exit_code = 4
 
 
+class UsageError(RewriterError):
+    """Command-line options that do not go together."""
+
+    exit_code = 2
+
+
 class PatchsetError(RewriterError):
     """A patchset file is malformed: bad YAML, unknown key, wrong type, missing template, …"""
 

@@ -37,7 +37,7 @@ IMPORT_DATE = "2000-01-01T00:00:00+00:00"  # fixed, so the imported repository i
 class Release:
     version: str
     tag: str
-    commit: str
+    commit: str  # "" for a testbed release whose commit the pin does not record
     sdist_sha256: str
     source_digest: str
 
@@ -51,6 +51,7 @@ class Pin:
     pinned: Release
     releases: tuple[Release, ...]
     files: tuple[str, ...]
+    testbed: tuple[Release, ...] = ()
 
     def release_for(self, sha: str) -> Release | None:
         matches = [r for r in self.releases if r.commit.startswith(sha)]
@@ -78,7 +79,8 @@ class UpstreamTree:
 
     @property
     def label(self) -> str:
-        return f"{self.repository}@{self.commit[:12]} ({self.tag or self.version}, from {self.origin})"
+        at = self.commit[:12] or "commit not recorded"
+        return f"{self.repository}@{at} ({self.tag or self.version}, from {self.origin})"
 
 
 def load_pin(path: Path) -> Pin:
@@ -88,8 +90,12 @@ def load_pin(path: Path) -> Pin:
             Release(str(r["version"]), r["tag"], r["commit"], r["sdist_sha256"], r["source_digest"])
             for r in data["releases"]
         )
+        testbed = tuple(
+            Release(str(r["version"]), r["tag"], "", r["sdist_sha256"], r["source_digest"])
+            for r in data.get("testbed", [])
+        )
         pinned = next(r for r in releases if r.version == str(data["pinned"]))
-        return Pin(data["repository"], data["package"], pinned, releases, tuple(data["files"]))
+        return Pin(data["repository"], data["package"], pinned, releases, tuple(data["files"]), testbed)
     except (KeyError, TypeError, StopIteration) as exc:
         raise UpstreamError(f"{path}: malformed pin file ({exc!r}); see the comment at its top") from exc
 
@@ -127,6 +133,21 @@ def resolve(
             f"unknown upstream sha {sha!r}: it is not a release in the pin file (known: {known}); "
             "pass --upstream-repo URL|PATH to resolve it with git"
         )
+    return _from_pypi(release, pin, cache_dir, sdist, log)
+
+
+def resolve_release(
+    version: str,
+    pin: Pin,
+    cache_dir: Path,
+    sdist: Path | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> UpstreamTree:
+    """A release by its PyPI version (pinned or testbed), from its verified sdist."""
+    release = next((r for r in (*pin.releases, *pin.testbed) if r.version == version), None)
+    if release is None:
+        known = ", ".join(r.version for r in (*pin.releases, *pin.testbed))
+        raise UpstreamError(f"unknown upstream release {version!r} (the pin file lists: {known})")
     return _from_pypi(release, pin, cache_dir, sdist, log)
 
 

@@ -64,6 +64,12 @@ CATALOG: dict[str, OpSpec] = {
             needs_code=False,
         ),
         OpSpec(
+            kind="extend_condition",
+            description="Behind the flag, an if (matched by its header) also requires one more condition.",
+            args={"anchor": (str, True), "condition": (str, True)},
+            needs_code=False,
+        ),
+        OpSpec(
             kind="add_module",
             description="Add a new module to the package, rendered from a template.",
             args={},

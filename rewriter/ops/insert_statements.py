@@ -30,7 +30,8 @@ def statement_sites(body: cst.IndentedBlock) -> list[tuple[cst.IndentedBlock, in
     """Every statement of a function body with its block and index.
 
     Nested functions and classes, and statements that patches inserted, are not entered: their
-    returns and statements are not the target function's own.
+    returns and statements are not the target function's own. (Patch-inserted statements are
+    listed, for the idempotence checks; anchors skip them.)
     """
     out: list[tuple[cst.IndentedBlock, int, cst.BaseStatement]] = []
 
@@ -133,7 +134,7 @@ class InsertStatementsOp(FileOp):
             drift = self.count_result(module, len(found), "return statement")
             return found, drift
         anchor = self.edit.args["anchor"]
-        matched = [(b, i) for b, i, s in everything if matches_anchor(module, s, anchor)]
+        matched = [(b, i) for b, i, s in everything if not is_marked(s) and matches_anchor(module, s, anchor)]
         if where == "before":
             found = [Site(b, i, "backward") for b, i in matched]
         else:

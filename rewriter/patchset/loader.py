@@ -256,7 +256,7 @@ def _load_edit(
     if spec.needs_guard:
         if not guard:
             raise PatchsetError(f"{loc}: {what} ({kind}) needs a 'guard' expression on its flag")
-        _check_guard(where(origin, node, "guard"), guard, flags)
+        _check_guard(where(origin, node, "guard"), guard, flags, node.get("flag_param"))
     elif guard:
         raise PatchsetError(f"{where(origin, node, 'guard')}: {what} ({kind}) takes no 'guard'")
     if kind == "insert_statements":
@@ -268,6 +268,8 @@ def _load_edit(
         if node.get("anchor"):
             anchor = node["anchor"].strip()
             _check_python(where(origin, node, "anchor"), anchor + ("\n    pass" if anchor.endswith(":") else ""), "anchor")
+    if kind == "extend_condition" and not node["anchor"].strip().endswith(":"):
+        raise PatchsetError(f"{where(origin, node, 'anchor')}: extend_condition anchors an if header, ending in ':'")
     if kind == "add_config_field" and node["flag"] not in own_flags:
         raise PatchsetError(f"{where(origin, node, 'flag')}: flag {node['flag']!r} is not declared by this patch")
     if kind == "add_config_field" and flags[node["flag"]].type not in CONFIG_FIELD_TYPES:
@@ -337,8 +339,12 @@ def _check_python(loc: str, text: str, what: str) -> None:
         raise PatchsetError(f"{loc}: {what} is not valid Python (line {exc.lineno}: {exc.msg})") from exc
 
 
-def _check_guard(loc: str, guard: str, flags: dict[str, Flag]) -> None:
-    """A guard is an expression that reads at least one of the patch's own flags."""
+def _check_guard(loc: str, guard: str, flags: dict[str, Flag], flag_param: str | None = None) -> None:
+    """A guard is an expression that reads at least one of the patch's flags.
+
+    ``flag_param`` names a parameter through which upstream passes the flag into the target
+    function (``moe_utils.permute(..., fused=config.moe_permute_fusion)``): reading it counts.
+    """
     try:
         tree = ast.parse(guard, mode="eval")
     except SyntaxError as exc:
@@ -346,7 +352,7 @@ def _check_guard(loc: str, guard: str, flags: dict[str, Flag]) -> None:
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    if not names & set(flags):
+    if not names & (set(flags) | ({flag_param} if flag_param else set())):
         raise PatchsetError(
             f"{loc}: guard {guard!r} reads none of this patch's flags ({', '.join(flags)}); "
             "every edit must be gated by its flag"

@@ -61,6 +61,7 @@ EDIT_COMMON_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "template": ((str,), False),
     "code": ((str,), False),
     "vars": ((dict,), False),
+    "flag_param": ((str,), False),
 }
 
 
