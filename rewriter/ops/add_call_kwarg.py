@@ -6,6 +6,8 @@ call receives exactly upstream's arguments.
 
 from __future__ import annotations
 
+import difflib
+
 import libcst as cst
 
 from rewriter.ops.base import FileOp, OpResult, Status, node_code, same_code
@@ -72,28 +74,33 @@ def _line_end(comma: cst.Comma | cst.MaybeSentinel) -> cst.TrailingWhitespace:
     return cst.TrailingWhitespace()
 
 
+def find_calls(op: FileOp, module: cst.Module, target: cst.CSTNode) -> tuple[list[cst.Call], OpResult | None]:
+    """The calls to ``op.edit.args['call']`` in the target, or the drift result if they are not
+    exactly ``expect`` (with the nearest callee names as candidates)."""
+    callee = op.edit.args["call"]
+    finder = _CallFinder(module, callee)
+    target.visit(finder)
+    near = tuple(difflib.get_close_matches(callee, sorted(finder.names), n=3, cutoff=0.5))
+    return finder.calls, op.count_result(module, len(finder.calls), f"call to {callee}", near)
+
+
 class AddCallKwargOp(FileOp):
     KIND = "add_call_kwarg"
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
-        callee, keyword, value = (self.edit.args[k] for k in ("call", "keyword", "value"))
-        finder = _CallFinder(module, callee)
-        target.visit(finder)
-        import difflib
-
-        near = tuple(difflib.get_close_matches(callee, sorted(finder.names), n=3, cutoff=0.5))
-        drift = self.count_result(module, len(finder.calls), f"call to {callee}", near)
+        keyword, value = self.edit.args["keyword"], self.edit.args["value"]
+        calls, drift = find_calls(self, module, target)
         if drift is not None:
             return drift
         expr = f"({{{keyword!r}: {value}}} if {self.edit.guard} else {{}})"
-        have = [c for c in finder.calls if any(
+        have = [c for c in calls if any(
             (a.keyword is not None and a.keyword.value == keyword)
             or (a.star == "**" and same_code(node_code(module, a.value), expr))
             for a in c.args)]
-        if len(have) == len(finder.calls):
+        if len(have) == len(calls):
             return OpResult(Status.PRESENT, module, len(have))
         if have:
-            return OpResult(Status.AMBIGUOUS, module, len(have), f"{keyword}= already passed at {len(have)} of {len(finder.calls)} calls")
+            return OpResult(Status.AMBIGUOUS, module, len(have), f"{keyword}= already passed at {len(have)} of {len(calls)} calls")
         extra = cst.Arg(value=cst.parse_expression(expr), star="**")
-        new_target = target.visit(_KwargAdder(finder.calls, extra))
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(finder.calls))  # type: ignore[arg-type]
+        new_target = target.visit(_KwargAdder(calls, extra))
+        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(calls))  # type: ignore[arg-type]

@@ -214,6 +214,15 @@ class FileOp(ABC):
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
         """Edit ``target`` (the unique definition named by the edit) inside ``module``."""
 
+    def body_of(self, module: cst.Module, target: cst.CSTNode) -> cst.IndentedBlock | OpResult:
+        """The target function's indented body, or the MISSING result saying why there is none."""
+        if not isinstance(target, cst.FunctionDef):
+            return OpResult(Status.MISSING, module, 0, f"{self.edit.target!r} is not a function")
+        if not isinstance(target.body, cst.IndentedBlock):
+            return OpResult(Status.MISSING, module, 0,
+                            f"{self.edit.target!r} is a one-line function; there is no block to insert into")
+        return target.body
+
     def count_result(self, module: cst.Module, found: int, what: str, candidates: tuple[str, ...] = ()) -> OpResult | None:
         """The drift result when ``found`` differs from the declared count, else None."""
         if found == 0:

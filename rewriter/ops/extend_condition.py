@@ -10,17 +10,16 @@ from __future__ import annotations
 import libcst as cst
 
 from rewriter.ops.base import FileOp, OpResult, Status, is_marked, node_code, same_code
-from rewriter.ops.insert_statements import _near_statements, function_body, matches_anchor, statement_sites
+from rewriter.ops.insert_statements import near_statements, matches_anchor, statement_sites
 
 
 class ExtendConditionOp(FileOp):
     KIND = "extend_condition"
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
-        try:
-            body = function_body(target, repr(self.edit.target))
-        except TypeError as exc:
-            return OpResult(Status.MISSING, module, 0, str(exc))
+        body = self.body_of(module, target)
+        if isinstance(body, OpResult):
+            return body
         anchor, condition = self.edit.args["anchor"], self.edit.args["condition"]
         extra = cst.parse_expression(f"({condition} if {self.edit.guard} else True)")
         everything = statement_sites(body)
@@ -32,7 +31,7 @@ class ExtendConditionOp(FileOp):
                 return OpResult(Status.PRESENT, module, len(extended))
             return OpResult(Status.AMBIGUOUS, module, len(extended), f"extended at {len(extended)} places")
         drift = self.count_result(module, len(matched), f"anchor {anchor.strip()!r}",
-                                  _near_statements(module, everything, anchor))
+                                  near_statements(module, everything, anchor))
         if drift is not None:
             return drift
         if extended:

@@ -18,14 +18,6 @@ from rewriter.ops.base import (
 )
 
 
-def function_body(target: cst.CSTNode, what: str) -> cst.IndentedBlock:
-    if not isinstance(target, cst.FunctionDef):
-        raise TypeError(f"{what} is not a function")
-    if not isinstance(target.body, cst.IndentedBlock):
-        raise TypeError(f"{what} is a one-line function; there is no block to insert into")
-    return target.body
-
-
 def statement_sites(body: cst.IndentedBlock) -> list[tuple[cst.IndentedBlock, int, cst.BaseStatement]]:
     """Every statement of a function body with its block and index.
 
@@ -100,10 +92,9 @@ class InsertStatementsOp(FileOp):
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
         where = self.edit.args["where"]
-        try:
-            body = function_body(target, repr(self.edit.target))
-        except TypeError as exc:
-            return OpResult(Status.MISSING, module, 0, str(exc))
+        body = self.body_of(module, target)
+        if isinstance(body, OpResult):
+            return body
         sites, drift = self._sites(module, body, where)
         if drift is not None:
             return drift
@@ -139,11 +130,11 @@ class InsertStatementsOp(FileOp):
             found = [Site(b, i, "backward") for b, i in matched]
         else:
             found = [Site(b, i + 1, "forward") for b, i in matched]
-        candidates = _near_statements(module, everything, anchor)
+        candidates = near_statements(module, everything, anchor)
         return found, self.count_result(module, len(found), f"anchor {anchor.strip()!r}", candidates)
 
 
-def _near_statements(module: cst.Module, sites: list[tuple[cst.IndentedBlock, int, cst.BaseStatement]], anchor: str) -> tuple[str, ...]:
+def near_statements(module: cst.Module, sites: list[tuple[cst.IndentedBlock, int, cst.BaseStatement]], anchor: str) -> tuple[str, ...]:
     """The simple statements of the function that look most like the anchor."""
     import difflib
 

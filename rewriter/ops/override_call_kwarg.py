@@ -7,11 +7,9 @@ the call receives upstream's own expression, evaluated as before.
 
 from __future__ import annotations
 
-import difflib
-
 import libcst as cst
 
-from rewriter.ops.add_call_kwarg import _CallFinder
+from rewriter.ops.add_call_kwarg import find_calls
 from rewriter.ops.base import FileOp, OpResult, Status, node_code, same_code
 
 
@@ -39,16 +37,13 @@ class OverrideCallKwargOp(FileOp):
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
         callee, keyword, value = (self.edit.args[k] for k in ("call", "keyword", "value"))
-        finder = _CallFinder(module, callee)
-        target.visit(finder)
-        near = tuple(difflib.get_close_matches(callee, sorted(finder.names), n=3, cutoff=0.5))
-        drift = self.count_result(module, len(finder.calls), f"call to {callee}", near)
+        calls, drift = find_calls(self, module, target)
         if drift is not None:
             return drift
         current = [next((a for a in c.args if a.keyword is not None and a.keyword.value == keyword), None)
-                   for c in finder.calls]
+                   for c in calls]
         if any(a is None for a in current):
-            return OpResult(Status.MISSING, module, len(finder.calls),
+            return OpResult(Status.MISSING, module, len(calls),
                             f"a call to {callee} in {self.edit.target} has no {keyword}= to override "
                             "(add_call_kwarg adds a keyword)")
         done = [a for a in current if a is not None and isinstance(a.value, cst.IfExp)
@@ -57,5 +52,5 @@ class OverrideCallKwargOp(FileOp):
             return OpResult(Status.PRESENT, module, len(done))
         if done:
             return OpResult(Status.AMBIGUOUS, module, len(done), f"{keyword}= already overridden at {len(done)} of {len(current)} calls")
-        new_target = target.visit(_Override(finder.calls, keyword, value, self.edit.guard or ""))
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(finder.calls))  # type: ignore[arg-type]
+        new_target = target.visit(_Override(calls, keyword, value, self.edit.guard or ""))
+        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(calls))  # type: ignore[arg-type]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from rewriter.ops.base import FileOp, OpResult, Site, Status, docstring_offset, guarded_block, insert_at_sites
-from rewriter.ops.insert_statements import function_body
+from rewriter.ops.base import FileOp, OpResult, Site, docstring_offset, guarded_block, insert_at_sites
 
 
 def forwarding_call(func: cst.FunctionDef, callee: str) -> str:
@@ -69,10 +68,9 @@ class RouteFunctionOp(FileOp):
     KIND = "route_function"
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
-        try:
-            body = function_body(target, repr(self.edit.target))
-        except TypeError as exc:
-            return OpResult(Status.MISSING, module, 0, str(exc))
+        body = self.body_of(module, target)
+        if isinstance(body, OpResult):
+            return body
         assert isinstance(target, cst.FunctionDef)
         module_name, _, func_name = self.edit.args["to"].partition(":")
         code = f"from {module_name} import {func_name} as _primus_impl\n\n" + handoff(
