@@ -74,14 +74,22 @@ def _line_end(comma: cst.Comma | cst.MaybeSentinel) -> cst.TrailingWhitespace:
     return cst.TrailingWhitespace()
 
 
-def find_calls(op: FileOp, module: cst.Module, target: cst.CSTNode) -> tuple[list[cst.Call], OpResult | None]:
-    """The calls to ``op.edit.args['call']`` in the target, or the drift result if they are not
-    exactly ``expect`` (with the nearest callee names as candidates)."""
+def find_calls(
+    op: FileOp, module: cst.Module, target: cst.CSTNode, passing: str | None = None
+) -> tuple[list[cst.Call], OpResult | None]:
+    """The calls to ``op.edit.args['call']`` in the target (only those passing keyword
+    ``passing``, if given), or the drift result if they are not exactly ``expect``."""
     callee = op.edit.args["call"]
     finder = _CallFinder(module, callee)
     target.visit(finder)
+    calls = [c for c in finder.calls if passing is None or any(
+        a.keyword is not None and a.keyword.value == passing for a in c.args)]
     near = tuple(difflib.get_close_matches(callee, sorted(finder.names), n=3, cutoff=0.5))
-    return finder.calls, op.count_result(module, len(finder.calls), f"call to {callee}", near)
+    what = f"call to {callee}" + (f" passing {passing}=" if passing else "")
+    drift = op.count_result(module, len(calls), what, near)
+    if drift is not None and passing and not calls and finder.calls:
+        drift = OpResult(drift.status, module, 0, drift.message + " (add_call_kwarg adds a keyword)", near)
+    return calls, drift
 
 
 class AddCallKwargOp(FileOp):

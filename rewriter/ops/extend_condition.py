@@ -10,7 +10,7 @@ from __future__ import annotations
 import libcst as cst
 
 from rewriter.ops.base import FileOp, OpResult, Status, is_marked, node_code, same_code
-from rewriter.ops.insert_statements import near_statements, matches_anchor, statement_sites
+from rewriter.ops.insert_statements import matches_anchor, near_statements, statement_sites
 
 
 class ExtendConditionOp(FileOp):

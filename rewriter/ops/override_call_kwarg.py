@@ -36,17 +36,12 @@ class OverrideCallKwargOp(FileOp):
     KIND = "override_call_kwarg"
 
     def apply_impl(self, module: cst.Module, target: cst.CSTNode) -> OpResult:
-        callee, keyword, value = (self.edit.args[k] for k in ("call", "keyword", "value"))
-        calls, drift = find_calls(self, module, target)
+        keyword, value = self.edit.args["keyword"], self.edit.args["value"]
+        calls, drift = find_calls(self, module, target, passing=keyword)
         if drift is not None:
             return drift
-        current = [next((a for a in c.args if a.keyword is not None and a.keyword.value == keyword), None)
-                   for c in calls]
-        if any(a is None for a in current):
-            return OpResult(Status.MISSING, module, len(calls),
-                            f"a call to {callee} in {self.edit.target} has no {keyword}= to override "
-                            "(add_call_kwarg adds a keyword)")
-        done = [a for a in current if a is not None and isinstance(a.value, cst.IfExp)
+        current = [next(a for a in c.args if a.keyword is not None and a.keyword.value == keyword) for c in calls]
+        done = [a for a in current if isinstance(a.value, cst.IfExp)
                 and same_code(node_code(module, a.value.body), value) and same_code(node_code(module, a.value.test), self.edit.guard or "")]
         if len(done) == len(current):
             return OpResult(Status.PRESENT, module, len(done))

@@ -35,13 +35,18 @@ def test_outputs(out: Path) -> None:
     assert manifest["upstream"]["tag"] == "core_v0.16.1"
     assert manifest["package"]["version"] == "0.16.1+primus.v0.4.0"
     assert {p["id"]: p["status"] for p in manifest["patches"]} == {
+        "disable_primus_topk_router": "applied",
         "moe_router_force_load_balancing": "applied",
+        "moe_permute_fusion": "retired",  # upstream defines it since 0.11
+        "moe_permute_fusion_portable": "applied",
+        "fused_padded_mla_attention": "applied",
         "no_fp8_weight_transpose_cache": "applied",
+        "moe_use_fused_router_with_aux_score": "applied",
     }
     for version in ("v0.1.0", "v0.2.0", "v0.3.0", "v0.4.0"):
         assert (out / "diffs" / "versions" / f"{version}.upstream.diff").is_file()
         assert (out / "diffs" / "versions" / f"{version}.previous.diff").is_file()
-    patch_diff = (out / "diffs" / "patches" / "v0.1.0" / "001-moe_router_force_load_balancing.diff").read_text()
+    patch_diff = (out / "diffs" / "patches" / "v0.1.0" / "002-moe_router_force_load_balancing.diff").read_text()
     assert "+            probs, routing_map = force_even_routing(probs, routing_map, self.topk)" in patch_diff
     assert (out / "diffs" / "versions" / "v0.4.0.previous.diff").read_text() == ""
 
@@ -66,8 +71,9 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
         "module": "0.16.1+primus.v0.4.0",
         "dist": "0.16.1+primus.v0.4.0",
         "patchset": "v0.4.0",
-        "flags": sorted(["moe_router_force_load_balancing", "moe_router_force_load_balancing_type",
-                         "no_fp8_weight_transpose_cache"]),
+        "flags": sorted(["disable_primus_topk_router", "moe_router_force_load_balancing",
+                         "moe_router_force_load_balancing_type", "moe_permute_fusion", "fused_padded_mla_attention",
+                         "no_fp8_weight_transpose_cache", "moe_use_fused_router_with_aux_score"]),
     }
 
 

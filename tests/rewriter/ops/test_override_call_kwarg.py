@@ -55,6 +55,15 @@ def test_call_without_the_keyword_is_missing() -> None:
     assert "add_call_kwarg" in result.message
 
 
+def test_only_calls_passing_the_keyword_count() -> None:
+    """Another call to the same function without the keyword (``linear_proj`` beside
+    ``core_attention`` in MultiLatentAttention) is not a match."""
+    source = BEFORE + "        self.proj = build_module(spec, bias=False)\n"
+    result = run_op(OverrideCallKwargOp, source, **ARGS)
+    assert result.status is Status.APPLIED and result.count == 1
+    assert "self.proj = build_module(spec, bias=False)" in result.module.code
+
+
 def test_no_matching_call_is_missing_with_candidates() -> None:
     result = run_op(OverrideCallKwargOp, BEFORE, **{**ARGS, "call": "build_modul"})
     assert result.status is Status.MISSING

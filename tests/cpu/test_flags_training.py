@@ -1,0 +1,92 @@
+"""Flags in real CPU training (cpu-test build, gloo, ``train_tiny.py``): flag on trains as specified,
+flag off is the unpatched upstream bit for bit.
+
+Each flag appends its own test functions below.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _ok(result: dict) -> dict:
+    assert "losses" in result, "\n".join(result.get("errors", [])) or result.get("stderr", "")
+    return result
+
+
+# --- fused_padded_mla_attention (spec D6) ------------------------------------------------------
+
+def test_fused_padded_mla_attention_off_is_upstream_bit_for_bit(train) -> None:
+    """DeepSeek-style MLA model, flag at its default: losses and gradient norms of all 5 steps equal
+    the unpatched upstream's exactly."""
+    upstream = _ok(train("upstream", model="deepseek"))
+    off = _ok(train("patched", model="deepseek"))
+    assert off["losses"] == upstream["losses"]
+    assert off["grad_norms"] == upstream["grad_norms"]
+
+
+def test_fused_padded_mla_attention_trains_like_flag_off(train) -> None:
+    """DeepSeek-style MLA model (q/k head dim 24, v 16) with V padded to 24: it trains, and its losses
+    are flag off's within 1e-6 relative; they are NOT bit-identical.
+
+    The padding itself is exact (tests/patches/test_fused_padded_mla_attention.py: bit-identical
+    with one SDPA kernel for both paths). What differs is the kernel: with equal head dims torch's
+    SDPA picks its CPU flash-attention kernel, with unequal ones its math kernel, just as the flag
+    lets a fused kernel replace the unfused path on a GPU. Seen: steps 1-3 bit-identical, then
+    1.2e-7 abs at step 4 and 7.7e-7 relative at step 5 (Adam amplifies the kernels' rounding).
+    """
+    off = _ok(train("patched", model="deepseek"))
+    on = _ok(train("patched", model="deepseek", config={"fused_padded_mla_attention": True}))
+    assert on["losses"][-1] < on["losses"][0] - 0.1
+    assert on["losses"] == pytest.approx(off["losses"], rel=1e-6, abs=0)
+    assert on["grad_norms"][0] == pytest.approx(off["grad_norms"][0], rel=1e-6, abs=0)
+
+
+# --- moe_use_fused_router_with_aux_score (spec D5) ---------------------------------------------
+
+FUSED_ROUTER = {"moe_use_fused_router_with_aux_score": True}
+# DeepSeek-V3-style routing: sigmoid scores, group-limited, scaled, aux-loss-free expert bias
+SIGMOID_BIAS_GROUPS = {"moe_router_score_function": "sigmoid", "moe_router_enable_expert_bias": True,
+                       "moe_router_bias_update_rate": 0.1, "moe_router_num_groups": 2, "moe_router_group_topk": 1,
+                       "moe_router_topk_scaling_factor": 2.5}
+
+
+@pytest.mark.parametrize(("model", "config"), [
+    ("moe", {}),
+    ("deepseek", {}),
+    ("deepseek", SIGMOID_BIAS_GROUPS),
+], ids=["moe", "deepseek", "deepseek-sigmoid-bias-groups"])
+def test_fused_router_with_aux_score_trains_like_upstream(train, model: str, config: dict) -> None:
+    """The fused router (torch path here: no Primus-Turbo, no TE) trains the Mixtral-style and
+    DeepSeek-V2-Lite-style models (and a DeepSeek-V3-style router) like upstream's unfused one.
+
+    Not bit-identical: the torch path renormalises the top-k softmax scores instead of taking a
+    second softmax over the top-k logits, so probs differ by rounding (<= 1.2e-7). Seen: losses
+    within 5e-7 relative over 5 steps (moe 8e-8, deepseek 4.7e-7, V3-style 1.6e-8), gradient
+    norms within 1e-5 relative; the routing decisions are upstream's.
+    """
+    upstream = _ok(train("upstream", model=model, config=config))
+    fused = _ok(train("patched", model=model, config={**config, **FUSED_ROUTER}))
+    assert fused["losses"][-1] < fused["losses"][0] - 0.1
+    assert fused["losses"] == pytest.approx(upstream["losses"], rel=1e-5, abs=0)
+    assert fused["grad_norms"][0] == pytest.approx(upstream["grad_norms"][0], rel=1e-5, abs=0)
+    assert fused["grad_norms"] == pytest.approx(upstream["grad_norms"], rel=1e-3)
+
+
+def test_fused_router_with_aux_score_keeps_expert_bias_in_selection(train) -> None:
+    """Unlike Primus's fused path, expert bias still steers routing: with the bias updated every
+    step, training differs from the same router without bias (and, above, equals upstream's)."""
+    with_bias = _ok(train("patched", model="deepseek", config={**SIGMOID_BIAS_GROUPS, **FUSED_ROUTER}))
+    no_bias = {**SIGMOID_BIAS_GROUPS, "moe_router_enable_expert_bias": False}
+    without = _ok(train("patched", model="deepseek", config={**no_bias, **FUSED_ROUTER}))
+    assert with_bias["losses"] != pytest.approx(without["losses"], rel=1e-5, abs=0)
+
+
+def test_fused_router_with_aux_score_disabled_router_is_upstream_bit_for_bit(train) -> None:
+    """Flag on with disable_primus_topk_router: upstream's router, bit for bit."""
+    upstream = _ok(train("upstream", model="moe"))
+    disabled = _ok(train("patched", model="moe", config={**FUSED_ROUTER, "disable_primus_topk_router": True}))
+    assert disabled["losses"] == upstream["losses"]
+    assert disabled["grad_norms"] == upstream["grad_norms"]
