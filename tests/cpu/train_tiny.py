@@ -6,12 +6,18 @@ Run under torchrun with the tree to test first on PYTHONPATH (a cpu-test build):
 
 Everything is megatron.core's own: parallel_state, the RNG tracker, GPTModel with the local
 layer spec, DistributedDataParallel, get_megatron_optimizer, get_forward_backward_func.
+
+On a CUDA host the same script trains on the GPU with NCCL (``benchmarks/bench_moe_flags.py``):
+options ``arch`` and ``shape`` resize the model and batch, ``bf16`` trains in bf16, and
+``timing_warmup`` (steps not timed) adds step time, tokens/s and peak memory to the output.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from functools import partial
 
 import torch
@@ -33,12 +39,18 @@ MODELS = {
                      moe_aux_loss_coeff=1e-2, moe_router_load_balancing_type="aux_loss",
                      moe_token_dispatcher_type="alltoall"),
 }
-VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 8, 2
+#: tokens per sequence, sequences per step and per microbatch; a run may override any of them
+SHAPE = {"vocab": 128, "seq": 16, "global_batch": 8, "micro_batch": 2}
 
 
 def main(out: str, opts: dict) -> None:
-    torch.distributed.init_process_group("gloo")
-    torch.use_deterministic_algorithms(True)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    # on CUDA some ops megatron uses (scatter_add_ in unpermute) have no deterministic kernel:
+    # warn there instead of failing; on CPU every op is deterministic
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.models.gpt import GPTModel
@@ -56,7 +68,9 @@ def main(out: str, opts: dict) -> None:
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
 
-    arch = MODELS[opts["model"]]
+    arch = {**MODELS[opts["model"]], **opts.get("arch", {})}
+    shape = {**SHAPE, **opts.get("shape", {})}
+    dtype = torch.bfloat16 if opts.get("bf16") else torch.float32
     config_class = MLATransformerConfig if arch.get("multi_latent_attention") else TransformerConfig
     config = config_class(
         **arch,
@@ -70,8 +84,10 @@ def main(out: str, opts: dict) -> None:
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         expert_model_parallel_size=ep,
-        pipeline_dtype=torch.float32,
-        use_cpu_initialization=True,
+        pipeline_dtype=dtype,
+        params_dtype=dtype,
+        bf16=bool(opts.get("bf16")),
+        use_cpu_initialization=not cuda,
         perform_initialization=True,
     )
     spec = get_gpt_layer_local_spec(num_experts=arch.get("num_moe_experts"), normalization="RMSNorm",
@@ -88,13 +104,15 @@ def main(out: str, opts: dict) -> None:
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
-        vocab_size=VOCAB,
-        max_sequence_length=SEQ,
+        vocab_size=shape["vocab"],
+        max_sequence_length=shape["seq"],
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
         position_embedding_type="none" if arch.get("multi_latent_attention") else "rope",
         share_embeddings_and_output_weights=False,
     )
+    if cuda:  # as Megatron's get_model does: some weights (the MoE router's) are made on the CPU
+        model.cuda(torch.cuda.current_device())
     if opts.get("save_init") and torch.distributed.get_rank() == 0:
         torch.save(model.state_dict(), opts["save_init"])
     if opts.get("load_init"):
@@ -106,39 +124,54 @@ def main(out: str, opts: dict) -> None:
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model.no_sync
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, clip_grad=1.0, bf16=False, fp16=False,
+        OptimizerConfig(optimizer="adam", lr=opts.get("lr", 1e-2), weight_decay=0.0, clip_grad=1.0, bf16=bool(opts.get("bf16")), fp16=False,
                         use_distributed_optimizer=False),
         [model],
     )
 
     dp = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
-    per_rank = GLOBAL_BATCH // dp
-    num_microbatches = per_rank // MICRO_BATCH
+    per_rank = shape["global_batch"] // dp
+    micro = shape["micro_batch"]
+    num_microbatches = per_rank // micro
+    step_func = partial(forward_step, shape["seq"], "cuda" if cuda else "cpu")
+    warmup, step_times = opts.get("timing_warmup"), []
     data = torch.Generator().manual_seed(99)
     forward_backward = get_forward_backward_func()
     losses, grad_norms = [], []
-    for _ in range(opts.get("steps", 5)):
-        tokens = batch_of_progressions(data)
+    for step in range(opts.get("steps", 5)):
+        if warmup is not None and step == warmup and cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        tokens = batch_of_progressions(data, shape)
         mine = tokens[dp_rank * per_rank:(dp_rank + 1) * per_rank]
-        batches = iter([mine[i:i + MICRO_BATCH] for i in range(0, per_rank, MICRO_BATCH)])
+        batches = iter([mine[i:i + micro] for i in range(0, per_rank, micro)])
         model.zero_grad_buffer()
         optimizer.zero_grad()
         step_losses = forward_backward(
-            forward_step_func=forward_step,
+            forward_step_func=step_func,
             data_iterator=batches,
             model=[model],
             num_microbatches=num_microbatches,
-            seq_length=SEQ,
-            micro_batch_size=MICRO_BATCH,
+            seq_length=shape["seq"],
+            micro_batch_size=micro,
             forward_only=False,
         )
         _, grad_norm, _ = optimizer.step()
         losses.append(average_loss(step_losses, parallel_state))
         grad_norms.append(float(grad_norm))
+        if warmup is not None and step >= warmup:
+            step_times.append(time.perf_counter() - start)  # the loss read-out above synchronises
+    result = {"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size()}
+    if step_times:
+        mean = sum(step_times) / len(step_times)
+        result.update(step_ms=1000 * mean, tokens_per_s=shape["global_batch"] * shape["seq"] / mean,
+                      peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
     if torch.distributed.get_rank() == 0:
         with open(out, "w") as fh:
-            json.dump({"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size()}, fh)
+            json.dump(result, fh)
     torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     torch.distributed.destroy_process_group()
 
@@ -191,17 +224,17 @@ def load_reference_weights(model, reference, config, parallel_state) -> None:  #
             tensor.copy_(reference[".".join(parts)])
 
 
-def batch_of_progressions(generator: torch.Generator) -> torch.Tensor:
-    """Sequences ``start, start+d, start+2d, … (mod VOCAB)``: learnable in a few steps."""
-    start = torch.randint(0, VOCAB, (GLOBAL_BATCH, 1), generator=generator)
-    step = torch.randint(1, 4, (GLOBAL_BATCH, 1), generator=generator)
-    return (start + step * torch.arange(SEQ + 1)) % VOCAB
+def batch_of_progressions(generator: torch.Generator, shape: dict) -> torch.Tensor:  # type: ignore[type-arg]
+    """Sequences ``start, start+d, start+2d, … (mod vocab)``: learnable in a few steps."""
+    start = torch.randint(0, shape["vocab"], (shape["global_batch"], 1), generator=generator)
+    step = torch.randint(1, 4, (shape["global_batch"], 1), generator=generator)
+    return (start + step * torch.arange(shape["seq"] + 1)) % shape["vocab"]
 
 
-def forward_step(data_iterator, model):  # type: ignore[no-untyped-def]
-    batch = next(data_iterator)
+def forward_step(seq, device, data_iterator, model):  # type: ignore[no-untyped-def]
+    batch = next(data_iterator).to(device)
     tokens, labels = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-    positions = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
+    positions = torch.arange(seq, device=device).unsqueeze(0).expand_as(tokens)
     output = model(tokens, positions, attention_mask=None, labels=labels)
     return output, partial(loss_func, labels)
 
@@ -213,7 +246,7 @@ def loss_func(labels, output_tensor):  # type: ignore[no-untyped-def]
 
 def average_loss(step_losses, parallel_state) -> float:  # type: ignore[no-untyped-def]
     """The step's loss, averaged over microbatches and data-parallel ranks, known on every rank."""
-    value = torch.zeros(1, dtype=torch.float64)
+    value = torch.zeros(1, dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")  # NCCL: on GPU
     if parallel_state.is_pipeline_last_stage():
         value += sum(float(d["lm loss"]) for d in step_losses) / len(step_losses)
         torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
