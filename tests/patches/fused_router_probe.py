@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import sys
 import types
 
 import torch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from probe_common import ROUTER_CONFIG, start_single_process
 
 
 class Records(logging.Handler):
@@ -85,11 +78,7 @@ def install_fake(kind: str, calls: dict) -> None:
 
 
 def main(out: str, opts: dict) -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    from megatron.core import parallel_state
-
+    start_single_process()
     records = Records()
     if opts.get("log"):
         logger = logging.getLogger("megatron.core._primus.fused_router")
@@ -98,7 +87,6 @@ def main(out: str, opts: dict) -> None:
     calls: dict = {}
     if opts.get("fake"):
         install_fake(opts["fake"], calls)
-    parallel_state.initialize_model_parallel()
     results = {"cases": [run_case(case) for case in opts.get("cases", [opts])]}
     results["log"] = records.lines
     results["calls"] = calls
@@ -112,17 +100,7 @@ def run_case(opts: dict) -> dict:
     from megatron.core.transformer.moe.router import TopKRouter
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    settings = dict(
-        num_layers=1,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_moe_experts=8,
-        moe_router_topk=2,
-        moe_aux_loss_coeff=0.01,
-        moe_router_load_balancing_type="aux_loss",
-        use_cpu_initialization=True,
-    )
-    settings.update(opts.get("config", {}))
+    settings = {**ROUTER_CONFIG, **opts.get("config", {})}
     config = TransformerConfig(**settings)
     get_moe_layer_wise_logging_tracker().clear()  # only this case's losses
     torch.manual_seed(1234)

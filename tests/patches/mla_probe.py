@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sys
 
 import torch
 import torch.nn.functional as F
+from probe_common import start_single_process
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 CALLS: list[list[int]] = []  # [q, k, v] head dims of every call
@@ -44,26 +43,16 @@ class RecordingSDPA(torch.nn.Module):
         return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(out: str, opts: dict) -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    start_single_process()
 
     import megatron.core.extensions.transformer_engine as te_ext
     import megatron.core.transformer.multi_latent_attention as mla
-    from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.packed_seq_params import PackedSeqParams
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.transformer_config import MLATransformerConfig
 
-    parallel_state.initialize_model_parallel()
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
     mla.HAVE_TE = mla.HAVE_TE and te_ext.HAVE_TE  # as in tests/cpu/train_tiny.py

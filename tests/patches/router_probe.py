@@ -9,41 +9,19 @@ usage: python router_probe.py OUT.pt JSON_CONFIG_OVERRIDES
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 
 import torch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from probe_common import ROUTER_CONFIG, start_single_process
 
 
 def main(out: str, overrides: dict) -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-
-    from megatron.core import parallel_state
+    start_single_process()
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.transformer.moe.router import TopKRouter
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    parallel_state.initialize_model_parallel()
-    settings = dict(
-        num_layers=1,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_moe_experts=8,
-        moe_router_topk=2,
-        moe_aux_loss_coeff=0.01,
-        moe_router_load_balancing_type="aux_loss",
-        use_cpu_initialization=True,
-    )
-    settings.update(overrides.pop("config", {}))
+    settings = {**ROUTER_CONFIG, **overrides.pop("config", {})}
     config = TransformerConfig(**settings)
     torch.manual_seed(1234)
     router = TopKRouter(config=config, pg_collection=ProcessGroupCollection.use_mpu_process_groups())

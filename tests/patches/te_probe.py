@@ -14,8 +14,6 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
-import os
-import socket
 import sys
 import tempfile
 import textwrap
@@ -103,15 +101,9 @@ def main(out: str, kind: str, flag: bool) -> None:
     sys.path.insert(0, str(tmp))
     sys.meta_path.append(_MockSubmodules())
     import torch
+    from probe_common import start_single_process
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    from megatron.core import parallel_state
-
-    parallel_state.initialize_model_parallel()
+    start_single_process()
     import transformer_engine.pytorch as te_pytorch
     from megatron.core.extensions import transformer_engine as ext
     from megatron.core.transformer.transformer_config import TransformerConfig
