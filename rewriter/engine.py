@@ -142,12 +142,19 @@ def rewriter_code_digest() -> str:
 
 
 def tool_versions() -> dict[str, str]:
-    """Versions that change what the engine writes; recorded in the manifest and cache keys."""
-    return {
-        "rewriter": __version__,
-        "libcst": metadata.version("libcst"),
-        "jinja2": metadata.version("jinja2"),
-    }
+    """Versions that change what a build writes; recorded in the manifest and cache keys.
+
+    The rewriter's own (libcst, jinja2), and the wheel build's (upstream's backend is run from
+    this environment without isolation, so setuptools, wheel and pybind11 shape the wheel's
+    metadata and the compiled helper).
+    """
+    versions = {"rewriter": __version__}
+    for name in ("libcst", "jinja2", "setuptools", "wheel", "pybind11"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 def apply_series(
