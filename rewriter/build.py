@@ -207,11 +207,12 @@ def sources(applied: Applied, version: str | None, flavor: str = "default",
         support[cpu_test.SHIM_FILE] = cpu_test.shim_source()
     elif flavor != "default":
         raise EmitError(f"unknown flavor {flavor!r}")
-    manifest = manifest_json(build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor))
-    support[f"{SUPPORT_PACKAGE}/__init__.py"] = support_init(json.loads(manifest))
-    support[f"{SUPPORT_PACKAGE}/manifest.json"] = manifest
+    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor)
+    text = manifest_json(manifest)
+    support[f"{SUPPORT_PACKAGE}/__init__.py"] = support_init(manifest)
+    support[f"{SUPPORT_PACKAGE}/manifest.json"] = text
     label = local_version(applied.upstream.version, version, flavor).split("+", 1)[1]
-    return Sources(changed, support, label, manifest)
+    return Sources(changed, support, label, text)
 
 
 def stage_version(applied: Applied, version: str | None, dest: Path, flavor: str = "default",

@@ -35,12 +35,10 @@ def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _upstream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from rewriter.build import Upstream
-    from rewriter.upstream import load_pin
 
     if args.upstream_release and (args.upstream or args.upstream_repo):
         raise UsageError("--upstream-release names a release by version; do not combine it with --upstream/--upstream-repo")
-    sha = None if args.upstream_release else (args.upstream or load_pin(_paths(args).pin).pinned.commit)
-    return Upstream(sha=sha, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None,
+    return Upstream(sha=args.upstream, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None,
                     release=args.upstream_release)
 
 

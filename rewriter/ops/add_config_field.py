@@ -30,8 +30,10 @@ def field_lines(flag: Flag) -> str:
 
 def validation_code(flag: Flag, class_name: str) -> str:
     """The ``__post_init__`` check for one field, one ``if``/``elif`` statement: type, then choices."""
-    typ = {"float": "(int, float)"}.get(flag.type, _PY_TYPES[flag.type])
-    allowed = f"{typ}" if not flag.nullable else f"({typ}, type(None))" if not typ.startswith("(") else f"{typ[:-1]}, type(None))"
+    types = ["int", "float"] if flag.type == "float" else [_PY_TYPES[flag.type]]
+    if flag.nullable:
+        types.append("type(None)")
+    allowed = types[0] if len(types) == 1 else f"({', '.join(types)})"
     bad_type = f"not isinstance(self.{flag.name}, {allowed})"
     if flag.type in ("int", "float"):
         bad_type += f" or isinstance(self.{flag.name}, bool)"

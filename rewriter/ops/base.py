@@ -78,8 +78,6 @@ def _blocks_of(stmt: cst.BaseCompoundStatement) -> Iterator[cst.IndentedBlock]:
             yield child
         elif isinstance(child, (cst.If, cst.Else, cst.ExceptHandler, cst.Finally)):
             yield from _blocks_of(child)  # type: ignore[arg-type]
-        elif isinstance(child, (list, tuple)):  # pragma: no cover - children is flat in libcst
-            continue
 
 
 def node_code(module: cst.Module, node: cst.CSTNode) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import libcst as cst
 
 from rewriter.ops.base import (
@@ -136,8 +138,6 @@ class InsertStatementsOp(FileOp):
 
 def near_statements(module: cst.Module, sites: list[tuple[cst.IndentedBlock, int, cst.BaseStatement]], anchor: str) -> tuple[str, ...]:
     """The simple statements of the function that look most like the anchor."""
-    import difflib
-
     lines = [node_code(module, s).strip() if isinstance(s, cst.SimpleStatementLine)
              else node_code(module, s).strip().splitlines()[0] for _, _, s in sites]
     lines = [ln.splitlines()[-1] if ln.startswith("#") else ln for ln in lines]

@@ -15,6 +15,7 @@ Every problem is a :class:`PatchsetError` naming the file, the line and the key.
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -236,8 +237,6 @@ def _load_edit(
     kind = node["op"]
     spec = CATALOG.get(kind)
     if spec is None:
-        import difflib
-
         hint = difflib.get_close_matches(str(kind), list(CATALOG), n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise PatchsetError(
