@@ -7,12 +7,15 @@ The runtime checks configured flags against this before doing any heavy work.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-MANIFEST_PATH = "megatron/core/_primus/manifest.json"
+from primus_runtime.errors import PrimusRuntimeError
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,48 @@ class WheelInfo:
 
 
 def installed_megatron_core() -> WheelInfo:
-    """Inspect the megatron-core importable in this environment without importing torch."""
-    dist = importlib.metadata.distribution("megatron-core")
-    path = dist.locate_file(MANIFEST_PATH)
+    """Inspect the megatron-core importable in this environment without importing torch.
+
+    Looks where ``import megatron.core`` would look (an installed wheel, or a source tree on
+    ``PYTHONPATH``) and reads the manifest a primus-rewriter build carries. The version is the
+    distribution's where one is installed, else the manifest's, else ``package_info.py``'s.
+    """
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        spec = importlib.util.find_spec("megatron.core")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise MegatronCoreMissing(
+            "megatron-core is not importable: install the patched wheel (python -m rewriter build; "
+            "pip install build/out/megatron_core-*.whl) or upstream megatron-core"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    try:
+        manifest = json.loads((package / "_primus" / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return WheelInfo(version=dist.version, patched=False, manifest=None)
-    return WheelInfo(version=dist.version, patched=True, manifest=manifest)
+        manifest = None
+    return WheelInfo(version=_version(package, manifest), patched=manifest is not None, manifest=manifest)
 
 
-class WheelFlavorError(RuntimeError):
+def _version(package: Path, manifest: dict[str, Any] | None) -> str:
+    try:
+        dist = importlib.metadata.distribution("megatron-core")
+        if Path(str(dist.locate_file("megatron/core"))).resolve() == package.resolve():
+            return dist.version
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if manifest is not None:
+        return str(manifest["package"]["version"])
+    found = re.findall(r"^(MAJOR|MINOR|PATCH) = (\d+)", (package / "package_info.py").read_text(encoding="utf-8"),
+                       re.MULTILINE)
+    return ".".join(number for _, number in found)
+
+
+class MegatronCoreMissing(PrimusRuntimeError):
+    """No megatron-core can be imported in this environment."""
+
+
+class WheelFlavorError(PrimusRuntimeError):
     """The installed megatron-core is a build that must not be used on this host."""
 
 
