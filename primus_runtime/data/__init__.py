@@ -1,0 +1,7 @@
+"""Data preparation for training: JSONL text → Megatron's indexed ``.bin``/``.idx`` pairs.
+
+:mod:`primus_runtime.data.tokenizers` loads a local tokenizer (Hugging Face ``tokenizers`` or
+SentencePiece) and :mod:`primus_runtime.data.preprocess` tokenizes a corpus with a process pool
+and writes it with megatron.core's own ``IndexedDatasetBuilder``. Importing this package loads
+neither torch nor megatron: only the writer needs them, and worker processes never do.
+"""
