@@ -26,12 +26,12 @@ TINY = ("tiny_llama", "tiny_mixtral", "tiny_deepseek_v2")
 
 
 def llama(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv_heads: int,
-          experts: int = 0) -> int:
-    """HF LlamaForCausalLM / MixtralForCausalLM: untied embeddings, RMSNorm, no biases."""
+          experts: int = 0, tied: bool = False) -> int:
+    """HF LlamaForCausalLM / MixtralForCausalLM: RMSNorm, no biases, untied embeddings unless ``tied``."""
     head = hidden // heads
     attn = 2 * hidden * hidden + 2 * hidden * kv_heads * head
     mlp = 3 * hidden * inter if not experts else experts * 3 * hidden * inter + experts * hidden  # + router
-    return layers * (attn + mlp + 2 * hidden) + hidden + 2 * vocab * hidden
+    return layers * (attn + mlp + 2 * hidden) + hidden + (1 if tied else 2) * vocab * hidden
 
 
 def deepseek(vocab: int, hidden: int, layers: int, dense_layers: int, heads: int, q_lora: int | None,
@@ -55,6 +55,7 @@ ZOO: dict[str, tuple[int, float]] = {
     "llama3_70B": (llama(128256, 8192, 28672, 80, 64, 8), 70.55),
     "llama3.1_8B": (llama(128256, 4096, 14336, 32, 32, 8), 8.03),
     "llama3.1_70B": (llama(128256, 8192, 28672, 80, 64, 8), 70.55),
+    "llama3.2_1B": (llama(128256, 2048, 8192, 16, 32, 8, tied=True), 1.24),
     "llama3.1_405B": (llama(128256, 16384, 53248, 126, 128, 8), 405.85),
     "mixtral_8x7B_v0.1": (llama(32000, 4096, 14336, 32, 32, 8, experts=8), 46.70),
     "mixtral_8x22B_v0.1": (llama(32000, 6144, 16384, 56, 48, 8, experts=8), 140.62),
