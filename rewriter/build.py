@@ -13,11 +13,19 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewriter.emit.diffs import unified_diff
-from rewriter.emit.manifest import SUPPORT_PACKAGE, build_manifest, local_version, manifest_json, support_init
+from rewriter.emit.manifest import (
+    SUPPORT_PACKAGE,
+    build_manifest,
+    imported_from,
+    local_version,
+    manifest_json,
+    support_init,
+)
 from rewriter.emit.staging import stage_tree
 from rewriter.emit.wheel import build_wheel
 from rewriter.engine import EditCache, SeriesResult, apply_series, rewriter_code_digest
@@ -25,7 +33,7 @@ from rewriter.errors import EmitError
 from rewriter.patchset.loader import load_patchsets
 from rewriter.patchset.model import Patchsets
 from rewriter.ui import UI
-from rewriter.upstream import UpstreamTree, load_pin, resolve, resolve_release
+from rewriter.upstream import Pin, UpstreamTree, load_pin, resolve, resolve_release
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,24 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
         ui.info(tree.label)
     with ui.task("applying patches"):
         cache = EditCache(paths.build_cache / "engine" if paths.build_cache else None)
-        result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify)
+        result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
+                              releases=_release_resolver(pin, paths.upstream_cache, ui))
         for status in ("applied", "already-present"):
             n = sum(1 for r in result.reports if r.status == status)
             ui.info(f"{n} edits {status}")
     return Applied(patchsets, tree, result)
+
+
+def _release_resolver(pin: Pin, cache_dir: Path, ui: UI) -> Callable[[str], UpstreamTree]:
+    """Releases that ``import_module`` edits read from: verified sdists of the pin file, resolved once."""
+    trees: dict[str, UpstreamTree] = {}
+
+    def release(version: str) -> UpstreamTree:
+        if version not in trees:
+            trees[version] = resolve_release(version, pin, cache_dir, None, ui.info)
+        return trees[version]
+
+    return release
 
 
 def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: UI,
@@ -173,7 +194,8 @@ def _write_report(applied: Applied, out: Path) -> None:
         "upstream": {"commit": applied.upstream.commit, "origin": applied.upstream.origin,
                      "digest": applied.upstream.digest},
         "patches": {p.id: applied.result.patch_status(p) for p in applied.patchsets.series()},
-        "edits": [r.__dict__ | {"candidates": list(r.candidates)} for r in applied.result.reports],
+        "edits": [r.__dict__ | {"candidates": list(r.candidates)} | imported_from(applied.result, r)
+                  for r in applied.result.reports],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

@@ -21,10 +21,13 @@ from pathlib import Path
 
 from rewriter import __version__
 from rewriter.errors import ApplyError, DriftError
+from rewriter.ops.import_module import ReleaseTree, resolve_imports
 from rewriter.patchset.model import Edit, Patch
 
 ENGINE_CACHE_VERSION = "1"
 OK_STATUSES = ("applied", "already-present")
+#: operations that create a file rather than edit a parsed one
+NEW_FILE_OPS = ("add_module", "import_module")
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,15 @@ def apply_series(
     upstream_label: str,
     cache: EditCache | None = None,
     verify: bool = True,
+    releases: Callable[[str], ReleaseTree] | None = None,
 ) -> SeriesResult:
-    """Apply ``series`` in order; raise :class:`DriftError` listing every edit that failed."""
+    """Apply ``series`` in order; raise :class:`DriftError` listing every edit that failed.
+
+    ``releases`` resolves another upstream release by version, for ``import_module`` edits: their
+    sources are read from it first (see :func:`rewriter.ops.import_module.resolve_imports`), and
+    the result's ``series`` carries those resolved edits (with source and release digests).
+    """
+    series = resolve_imports(series, releases, read_upstream, upstream_label)
     by_file: dict[str, list[tuple[Patch, int, Edit]]] = {}
     for patch in series:
         for i, edit in enumerate(patch.edits):
@@ -206,23 +216,28 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
                 created_by_series: bool = False) -> FileOutcome:
     """Apply ``edits`` to one file in order.
 
-    ``created_by_series`` is set by the second pass for a file that an ``add_module`` edit of the
-    series created: it exists now, possibly with later patches' insertions, and that is expected.
+    ``created_by_series`` is set by the second pass for a file that an ``add_module`` or
+    ``import_module`` edit of the series created: it exists now, possibly with later edits'
+    insertions, and that is expected.
     """
     import libcst as cst
 
     from rewriter.ops.add_module import add_module
     from rewriter.ops.base import Status
+    from rewriter.ops.import_module import import_module
     from rewriter.ops.registry import FILE_OPS
 
     outcome = FileOutcome(path=path, upstream=upstream)
     text, module = upstream, None
     for n, (patch, i, edit) in enumerate(edits):
-        if edit.op == "add_module" and created_by_series:
+        if edit.op in NEW_FILE_OPS and created_by_series:
             report = _report(patch, i, edit, Status.PRESENT.value, 1)
-        elif edit.op == "add_module":
-            status, text, message = add_module(edit, text)
-            module = None
+        elif edit.op in NEW_FILE_OPS:
+            if edit.op == "add_module":
+                status, new_text, message = add_module(edit, text)
+            else:
+                status, new_text, message = import_module(edit, patch.id, text)
+            text, module = new_text, None
             report = _report(patch, i, edit, status.value, 1, message)
         elif text is None:
             report = _report(patch, i, edit, Status.MISSING.value, 0, f"file {path} does not exist")

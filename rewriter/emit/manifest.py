@@ -10,7 +10,7 @@ import json
 import pprint
 from typing import Any
 
-from rewriter.engine import SeriesResult, tool_versions
+from rewriter.engine import EditReport, SeriesResult, tool_versions
 from rewriter.patchset.model import Patch, Patchsets
 from rewriter.upstream import UpstreamTree
 
@@ -79,11 +79,26 @@ def _patch_entry(patch: Patch, result: SeriesResult) -> dict[str, Any]:
         "upstream_status": patch.upstream_status,
         "hash": "sha256:" + patch.content_hash,
         "edits": [
-            {"op": r.op, "file": r.file, "target": r.target, "status": r.status}
+            {"op": r.op, "file": r.file, "target": r.target, "status": r.status, **imported_from(result, r)}
             for r in result.reports
             if r.patch == patch.id
         ],
     }
+
+
+def imported_from(result: SeriesResult, report: EditReport) -> dict[str, Any]:
+    """For an ``import_module`` edit: the release and source it was read from, with their digests."""
+    if report.op != "import_module":
+        return {}
+    patch = next(p for p in result.series if p.id == report.patch)
+    args = patch.edits[report.index].args
+    return {"imported_from": {
+        "release": args["from_release"],
+        "tag": args.get("release_tag", ""),
+        "source_digest": args.get("release_digest", ""),
+        "source": args["source"],
+        "sha256": args.get("source_sha256", ""),
+    }}
 
 
 def manifest_json(manifest: dict[str, Any]) -> str:

@@ -38,7 +38,6 @@ SHIM_MODULE = "megatron.core._primus.cuda"
 SHIM_FILE = "megatron/core/_primus/cuda.py"
 ALIAS = "_primus_cuda"
 PAYLOAD = Path(__file__).parent / "payload" / "cuda.py"
-SKIP_PREFIX = "megatron/core/_primus/"
 
 
 def shim_source() -> str:
@@ -55,7 +54,7 @@ def rewrite_tree(
     """
     cache = cache or EditCache(None)
     candidates = sorted(p for p, t in files.items()
-                        if p.endswith(".py") and not p.startswith(SKIP_PREFIX) and ("cuda" in t or "ImportError" in t))
+                        if p.endswith(".py") and p != SHIM_FILE and ("cuda" in t or "ImportError" in t))
     keys = {p: hashlib.sha256(f"cpu-test\0{rewriter_code_digest()}\0{p}\0{files[p]}".encode()).hexdigest() for p in candidates}
     results = {p: hit["text"] for p in candidates if (hit := cache.get(keys[p])) is not None}
     missing = [p for p in candidates if p not in results]

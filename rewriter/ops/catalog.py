@@ -76,5 +76,17 @@ CATALOG: dict[str, OpSpec] = {
             needs_target=False,
             needs_guard=False,
         ),
+        OpSpec(
+            kind="import_module",
+            description=(
+                "Add a module of another upstream release (verified sdist) under a new name, its "
+                "imports of the modules the patch moves (and any redirected names) rewritten."
+            ),
+            args={"from_release": (str, True), "source": (str, True), "imports": (dict, False),
+                  "use_pinned": (list, False)},
+            needs_target=False,
+            needs_guard=False,
+            needs_code=False,
+        ),
     )
 }

@@ -15,5 +15,5 @@ FILE_OPS: dict[str, type[FileOp]] = {
     op.KIND: op for op in (AddConfigFieldOp, InsertStatementsOp, RouteFunctionOp, AddCallKwargOp, OverrideCallKwargOp,
                            ExtendConditionOp)
 }
-if set(FILE_OPS) | {"add_module"} != set(CATALOG):  # pragma: no cover - a programming error
+if set(FILE_OPS) | {"add_module", "import_module"} != set(CATALOG):  # pragma: no cover - a programming error
     raise ImportError("every operation in rewriter.ops.catalog needs an implementation")

@@ -276,8 +276,10 @@ def _load_edit(
             f"{where(origin, node, 'flag')}: add_config_field supports flags of type {', '.join(CONFIG_FIELD_TYPES)}; "
             f"flag {node['flag']!r} is {flags[node['flag']].type}"
         )
-    if kind == "add_module" and not node["file"].endswith(".py"):
-        raise PatchsetError(f"{where(origin, node, 'file')}: add_module creates a .py file, got {node['file']!r}")
+    if kind in ("add_module", "import_module") and not node["file"].endswith(".py"):
+        raise PatchsetError(f"{where(origin, node, 'file')}: {kind} creates a .py file, got {node['file']!r}")
+    if kind == "import_module":
+        _check_import(origin, node)
     expect = node.get("expect", 1)
     if expect < 1:
         raise PatchsetError(f"{where(origin, node, 'expect')}: expect must be at least 1")
@@ -356,3 +358,22 @@ def _check_guard(loc: str, guard: str, flags: dict[str, Flag], flag_param: str |
             f"{loc}: guard {guard!r} reads none of this patch's flags ({', '.join(flags)}); "
             "every edit must be gated by its flag"
         )
+
+
+DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def _check_import(origin: str, node: LocatedDict) -> None:
+    """``import_module``: a .py source, a release version, dotted redirects, identifier names."""
+    if not node["source"].endswith(".py"):
+        raise PatchsetError(f"{where(origin, node, 'source')}: import_module imports a .py file, got {node['source']!r}")
+    if not node["from_release"].strip():
+        raise PatchsetError(f"{where(origin, node, 'from_release')}: from_release names a release, e.g. \"0.10.0\"")
+    for old, new in (node.get("imports") or {}).items():
+        if not (isinstance(old, str) and isinstance(new, str) and DOTTED_RE.match(old) and DOTTED_RE.match(new)):
+            raise PatchsetError(
+                f"{where(origin, node, 'imports')}: imports maps module.Name to module.Name, got {old!r}: {new!r}"
+            )
+    for name in node.get("use_pinned") or []:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise PatchsetError(f"{where(origin, node, 'use_pinned')}: use_pinned lists top-level names, got {name!r}")

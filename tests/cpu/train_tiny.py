@@ -164,7 +164,10 @@ def main(out: str, opts: dict) -> None:
         grad_norms.append(float(grad_norm))
         if warmup is not None and step >= warmup:
             step_times.append(time.perf_counter() - start)  # the loss read-out above synchronises
-    result = {"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size()}
+    result = {"losses": losses, "grad_norms": grad_norms, "world": torch.distributed.get_world_size(),
+              # the classes the layers' MLPs were built as (flags may swap the MoE layer)
+              "mlp_classes": sorted({f"{type(layer.mlp).__module__}.{type(layer.mlp).__qualname__}"
+                                     for layer in model.module.decoder.layers})}
     if step_times:
         mean = sum(step_times) / len(step_times)
         result.update(step_ms=1000 * mean, tokens_per_s=shape["global_batch"] * shape["seq"] / mean,
