@@ -74,6 +74,13 @@ def cmd_check(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """Train under torchrun (one process per GPU; gloo on CPU). Flags are checked before any heavy work."""
+    from primus_runtime.trainer.main import train
+
+    return train(Path(args.exp), rest)
+
+
 def _delegate(target: str) -> Callable[[argparse.Namespace, Sequence[str]], int]:
     """A command whose own parser lives in another module (it gets the remaining arguments)."""
 
@@ -103,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump = with_exp("dump", "Write the resolved config as YAML.", cmd_dump)
     dump.add_argument("-o", "--output", help="file to write (default: standard output)")
     with_exp("check", "Check the experiment's flags against the installed megatron-core.", cmd_check)
+    with_exp("train", "Train the experiment (launch with torchrun, one process per GPU).", cmd_train)
     for name, target, help_text in (
         ("params", "primus_runtime.model.param_count:main",
          "Count model parameters on the meta device (zoo names or model YAML files)."),

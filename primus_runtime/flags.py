@@ -31,7 +31,11 @@ SCOPES = ("core", "trainer")
 
 # Trainer-scope flags the training loop implements (primus_runtime/trainer/); the others are
 # refused when set.
-TRAINER_IMPLEMENTED: frozenset[str] = frozenset()
+TRAINER_IMPLEMENTED: frozenset[str] = frozenset({
+    "disable_tensorboard", "disable_wandb", "disable_mlflow", "disable_compile_dependencies",
+    "auto_continue_train", "disable_last_saving", "pp_warmup", "disable_profiler_activity_cpu",
+    "use_rocm_mem_info", "use_rocm_mem_info_iters",
+})
 
 
 @dataclass(frozen=True)
