@@ -122,3 +122,14 @@ def test_iteration_line() -> None:
                  "lm loss: 3.456000E+00", "loss scale: 1.0", "grad norm: 2.345",
                  "throughput per GPU (TFLOP/s/GPU): 400.0", "tokens per GPU (tokens/s/GPU): 9000.0"):
         assert part in line
+
+
+def test_mock_data_needs_no_tokenizer() -> None:
+    """The zoo names hub tokenizers (nothing is downloaded); mock data takes the vocabulary size."""
+    from primus_runtime.trainer.data import token_ids
+
+    params = {**resolve_model("llama3.2_1B"), "mock_data": True}
+    ids = token_ids(params)
+    assert (ids.vocab_size, ids.eod) == (128256, 128255)
+    with pytest.raises(ConfigError, match="real data tokenizer_model"):
+        token_ids({"mock_data": False, "tokenizer_model": None})
