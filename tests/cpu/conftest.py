@@ -1,7 +1,7 @@
-"""cpu-test builds of the pinned upstream and a torchrun launcher for the training script.
+"""A torchrun launcher for the training script, over the session's cpu-test trees.
 
-Two trees, both with the cpu-test flavor: ``upstream`` (no patches) and ``patched`` (the newest
-patchset version). Training runs are cached per session: several tests read the same run.
+The trees are ``cpu_trees`` of tests/conftest.py: ``upstream`` (no patches) and ``patched`` (the
+newest patchset version), both in the cpu-test flavor. Training runs are cached per session: several tests read the same run.
 """
 
 from __future__ import annotations
@@ -14,28 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rewriter.build import Applied, Paths, Upstream, apply_patchsets, stage_version
-from rewriter.ui import UI
-from rewriter.upstream import default_cache_dir, load_pin
-
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "train_tiny.py"
-
-
-@pytest.fixture(scope="session")
-def cpu_applied() -> Applied:
-    paths = Paths(REPO / "patchsets", REPO / "vendor" / "upstream.yaml", default_cache_dir(REPO), REPO / "build" / "cache")
-    return apply_patchsets(paths, Upstream(load_pin(paths.pin).pinned.commit), UI(quiet=True))
-
-
-@pytest.fixture(scope="session")
-def cpu_trees(cpu_applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cpu-trees")
-    trees = {"upstream": root / "upstream", "patched": root / "patched"}
-    cache = REPO / "build" / "cache"
-    stage_version(cpu_applied, None, trees["upstream"], "cpu-test", cache)
-    stage_version(cpu_applied, cpu_applied.patchsets.newest(), trees["patched"], "cpu-test", cache)
-    return trees
 
 
 class Trainer:

@@ -15,23 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rewriter.build import Applied, Paths, Upstream, apply_patchsets, stage_version
-from rewriter.ui import UI
-from rewriter.upstream import default_cache_dir, load_pin
+from rewriter.build import Applied, stage_version
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="session")
-def applied() -> Applied:
-    paths = Paths(
-        patchsets=REPO / "patchsets",
-        pin=REPO / "vendor" / "upstream.yaml",
-        upstream_cache=default_cache_dir(REPO),
-        build_cache=REPO / "build" / "cache",
-    )
-    return apply_patchsets(paths, Upstream(load_pin(paths.pin).pinned.commit), UI(quiet=True))
 
 
 @pytest.fixture(scope="session")

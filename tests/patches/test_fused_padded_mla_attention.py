@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rewriter.build import Applied, stage_version
-from tests.patches.conftest import REPO, json_arg, run_probe
+from tests.patches.conftest import json_arg, run_probe
 
 pytestmark = pytest.mark.slow
 
@@ -133,15 +132,6 @@ def test_helper_edge_cases(padding) -> None:
 # ---------------------------------------------------------------------------------------------
 # the patched MultiLatentAttention itself (mla_probe.py; cpu-test trees: MLA's RoPE wants CUDA)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cpu_trees(applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("mla-trees")
-    out = {"upstream": root / "upstream", "patched": root / "patched"}
-    stage_version(applied, None, out["upstream"], "cpu-test", REPO / "build" / "cache")
-    stage_version(applied, applied.patchsets.newest(), out["patched"], "cpu-test", REPO / "build" / "cache")
-    return out
-
 
 @pytest.fixture(scope="module")
 def attention(cpu_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401  (the probes need it installed)
 
-from rewriter.build import Applied, stage_version
+from rewriter.build import Applied
 from rewriter.emit.manifest import build_manifest
-from tests.patches.conftest import REPO, json_arg, run_probe
+from tests.patches.conftest import json_arg, run_probe
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +25,6 @@ PINNED = "megatron.core.transformer.moe.moe_layer.MoELayer"
 DEPRECATED = "megatron.core._primus.moe_20241209.layer.DeprecatedMoELayer"
 MODULES = ("moe_layer", "experts", "router", "token_dispatcher", "legacy_a2a_token_dispatcher", "moe_utils",
            "shared_experts", "grouped_gemm_util")
-
-
-@pytest.fixture(scope="module")
-def cpu_trees(applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Upstream's own MoE token dispatchers create CUDA streams when built: cpu-test flavor trees."""
-    root = tmp_path_factory.mktemp("deprecated-moe-cpu-trees")
-    out = {"upstream": root / "upstream", "patched": root / "patched"}
-    stage_version(applied, None, out["upstream"], "cpu-test", REPO / "build" / "cache")
-    stage_version(applied, applied.patchsets.newest(), out["patched"], "cpu-test", REPO / "build" / "cache")
-    return out
 
 
 def probe(tree: Path, tmp_path: Path, configs: dict) -> dict:  # type: ignore[type-arg]

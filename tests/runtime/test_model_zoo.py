@@ -148,8 +148,8 @@ def test_bad_configs_name_the_key(change: dict[str, Any], message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def zoo_report(megatron_trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    proc = run_in_tree(megatron_trees["patched"], "-c", ZOO_SCRIPT, ",".join([*ZOO, *TINY]), ",".join(TINY))
+def zoo_report(cpu_trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    proc = run_in_tree(cpu_trees["patched"], "-c", ZOO_SCRIPT, ",".join([*ZOO, *TINY]), ",".join(TINY))
     line = next(line for line in proc.stdout.splitlines() if line.startswith("ZOO"))
     return json.loads(line[3:])
 
@@ -196,9 +196,9 @@ print("FLAG" + json.dumps([seen(transformer_config(params)),
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("tree", "expected"), [("upstream", ["absent", "absent"]), ("patched", ["even", "uniform"])])
-def test_flag_fields_pass_only_where_the_config_has_them(megatron_trees: dict[str, Path], tree: str,
+def test_flag_fields_pass_only_where_the_config_has_them(cpu_trees: dict[str, Path], tree: str,
                                                          expected: list[str]) -> None:
     """Upstream has no such field: the key is dropped, no error. Patched: it is set, unless narrowed away."""
-    proc = run_in_tree(megatron_trees[tree], "-c", FLAG_SCRIPT)
+    proc = run_in_tree(cpu_trees[tree], "-c", FLAG_SCRIPT)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("FLAG"))
     assert json.loads(line[4:]) == expected

@@ -145,9 +145,9 @@ def read_back(tree: Path, dataset: Path, *gpt: str) -> dict:
 
 
 @pytest.mark.slow
-def test_round_trip_and_workers_agree(megatron_trees: dict[str, Path], corpus: Path, hf_dir: Path,
+def test_round_trip_and_workers_agree(cpu_trees: dict[str, Path], corpus: Path, hf_dir: Path,
                                       tmp_path: Path) -> None:
-    tree = megatron_trees["patched"]
+    tree = cpu_trees["patched"]
     tok = TokenizerSpec("HuggingFaceTokenizer", str(hf_dir)).load()
     proc = preprocess(tree, corpus, tmp_path / "one" / "c", ("HuggingFaceTokenizer", hf_dir), "--append-eod")
     preprocess(tree, corpus, tmp_path / "three" / "c", ("HuggingFaceTokenizer", hf_dir), "--append-eod",
@@ -164,9 +164,9 @@ def test_round_trip_and_workers_agree(megatron_trees: dict[str, Path], corpus: P
 
 
 @pytest.mark.slow
-def test_sentencepiece_without_eod(megatron_trees: dict[str, Path], corpus: Path, sp_model: Path,
+def test_sentencepiece_without_eod(cpu_trees: dict[str, Path], corpus: Path, sp_model: Path,
                                    tmp_path: Path) -> None:
-    tree = megatron_trees["upstream"]
+    tree = cpu_trees["upstream"]
     tok = TokenizerSpec("SentencePieceTokenizer", str(sp_model)).load()
     preprocess(tree, corpus, tmp_path / "c", ("SentencePieceTokenizer", sp_model), "--workers", "2")
     docs = read_back(tree, tmp_path / "c_text_document")["docs"]
@@ -174,9 +174,9 @@ def test_sentencepiece_without_eod(megatron_trees: dict[str, Path], corpus: Path
 
 
 @pytest.mark.slow
-def test_failure_leaves_no_output_and_keeps_a_good_pair(megatron_trees: dict[str, Path], corpus: Path,
+def test_failure_leaves_no_output_and_keeps_a_good_pair(cpu_trees: dict[str, Path], corpus: Path,
                                                         hf_dir: Path, tmp_path: Path) -> None:
-    tree = megatron_trees["patched"]
+    tree = cpu_trees["patched"]
     bad = tmp_path / "bad.jsonl"
     lines = corpus.read_text(encoding="utf-8").splitlines()
     bad.write_text("\n".join(lines[:150] + ['{"text": "unterminated'] + lines[150:]) + "\n", encoding="utf-8")
@@ -194,23 +194,23 @@ def test_failure_leaves_no_output_and_keeps_a_good_pair(megatron_trees: dict[str
 
 
 @pytest.fixture(scope="session")
-def helpers_dir(tmp_path_factory: pytest.TempPathFactory, megatron_trees: dict[str, Path]) -> Path:
+def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, Path]) -> Path:
     """megatron's C++ dataset helper, compiled for the tests beside (not into) the shared tree."""
     if shutil.which("g++") is None:
         pytest.skip("g++ is needed to compile megatron's dataset helpers")
     out = tmp_path_factory.mktemp("helpers")
     includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
                               text=True).stdout.split()
-    source = megatron_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
+    source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
     subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
                     str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
     return out
 
 
 @pytest.mark.slow
-def test_gpt_dataset_samples_are_the_documents_in_order(megatron_trees: dict[str, Path], corpus: Path,
+def test_gpt_dataset_samples_are_the_documents_in_order(cpu_trees: dict[str, Path], corpus: Path,
                                                          hf_dir: Path, helpers_dir: Path, tmp_path: Path) -> None:
-    tree, seq = megatron_trees["patched"], 32
+    tree, seq = cpu_trees["patched"], 32
     tok = TokenizerSpec("HuggingFaceTokenizer", str(hf_dir)).load()
     preprocess(tree, corpus, tmp_path / "c", ("HuggingFaceTokenizer", hf_dir), "--append-eod")
     gpt = read_back(tree, tmp_path / "c_text_document", "--gpt", str(seq), str(tok.eod), str(tok.vocab_size),

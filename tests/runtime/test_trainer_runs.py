@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tree(megatron_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_trainer_tree(megatron_trees["patched"], tmp_path_factory.mktemp("trainer") / "tree")
+def tree(cpu_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_trainer_tree(cpu_trees["patched"], tmp_path_factory.mktemp("trainer") / "tree")
 
 
 @pytest.fixture(scope="module")
