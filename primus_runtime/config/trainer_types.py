@@ -43,7 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "file_sink_level": _LEVELS,
     "stderr_sink_level": _LEVELS,
     "optimizer": ("adam", "sgd"),
-    "lr_decay_style": ("constant", "linear", "cosine", "inverse-square-root", "WSD"),
+    "lr_decay_style": ("constant", "linear", "cosine", "inverse-square-root"),
     "weight_decay_incr_style": ("constant", "linear", "cosine"),
     "distributed_backend": ("nccl", "gloo"),
     "recompute_granularity": ("full", "selective"),
