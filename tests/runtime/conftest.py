@@ -8,10 +8,14 @@ trees with different patch levels never meet in one interpreter.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,3 +29,38 @@ def run_in_tree(tree: Path, *args: str, cwd: Path | None = None, check: bool = T
     if check and proc.returncode != 0:
         raise AssertionError(f"python {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+WORDS = "the quick brown fox jumps over a lazy dog while data flows through eight GPUs — naïve café 東京".split()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JSONL corpus made here (nothing is downloaded): 200 short documents, a blank line and an empty text."""
+    rng = random.Random(7)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    lines = [json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(3, 60))) + f" #{i}", "id": i},
+                        ensure_ascii=i % 2 == 0) for i in range(199)]
+    lines.insert(50, "")
+    lines.append(json.dumps({"text": ""}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def texts(corpus: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def hf_dir(corpus: Path) -> Path:
+    """A tiny BPE tokenizer trained on the corpus, saved as a Hugging Face tokenizer folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts(corpus), trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
+    out = corpus.parent / "hf"
+    out.mkdir()
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    return out

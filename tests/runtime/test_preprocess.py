@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import random
 import shutil
 import subprocess
 import sys
@@ -20,43 +19,9 @@ import pytest
 
 from primus_runtime.data.preprocess import Chunk, InputLineError, _Job, encode_lines, output_prefixes
 from primus_runtime.data.tokenizers import TokenizerError, TokenizerSpec
-from tests.runtime.conftest import run_in_tree
+from tests.runtime.conftest import run_in_tree, texts
 
 READ_INDEXED = str(Path(__file__).parent / "data" / "read_indexed.py")
-WORDS = "the quick brown fox jumps over a lazy dog while data flows through eight GPUs — naïve café 東京".split()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """200 short documents, a blank line, and an empty text."""
-    rng = random.Random(7)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    lines = [json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(3, 60))) + f" #{i}", "id": i},
-                        ensure_ascii=i % 2 == 0) for i in range(199)]
-    lines.insert(50, "")
-    lines.append(json.dumps({"text": ""}))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def texts(corpus: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def hf_dir(corpus: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts(corpus), trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
-    out = corpus.parent / "hf"
-    out.mkdir()
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
-    return out
-
-
 @pytest.fixture(scope="module")
 def sp_model(corpus: Path) -> Path:
     import sentencepiece

@@ -1,6 +1,6 @@
 """``python -m primus_runtime train`` under torchrun on CPU (gloo, 2 processes, tiny models).
 
-Five runs, each checking several things:
+Runs, each checking several things:
 
 - ``reference``: trains 6 steps with every tracker on (TensorBoard, W&B offline, MLflow file
   store) and ``auto_continue_train`` over an empty checkpoint folder (starts fresh); the loss goes down.
@@ -10,8 +10,7 @@ Five runs, each checking several things:
   losses exactly; ``disable_last_saving`` leaves no iteration-6 checkpoint; the torch profiler
   writes a trace with CPU events (flag off).
 - PP=2 with and without ``pp_warmup``: the same losses and grad norms.
-
-The trainer tree's manifest declares the trainer flags (see trainer_helpers).
+- real data: a corpus preprocessed here trains through GPTDataset, with evaluation.
 """
 
 from __future__ import annotations
@@ -124,3 +123,22 @@ def test_pp_warmup_changes_no_loss(tree: Path, work: Path, warmup: bool) -> None
         assert metrics(work / name).keys() == plain.keys()
         for it, record in metrics(work / name).items():
             assert (record["loss"], record["grad_norm"]) == (plain[it]["loss"], plain[it]["grad_norm"])
+
+
+def test_trains_on_preprocessed_data(tree: Path, work: Path, corpus: Path, hf_dir: Path) -> None:
+    """preprocess -> .bin/.idx -> GPTDataset through BlendedMegatronDatasetBuilder, with eval."""
+    from tests.runtime.conftest import run_in_tree
+
+    prefix = work / "data" / "corpus"
+    run_in_tree(tree, "-m", "primus_runtime", "preprocess", "--input", str(corpus), "--output-prefix", str(prefix),
+                "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(hf_dir), "--append-eod",
+                "--quiet")
+    exp = write_experiment(work, "real_data", {
+        "mock_data": False, "data_path": f"{prefix}_text_document", "split": "90,10,0",
+        "data_cache_path": str(work / "data" / "cache"), "tokenizer_type": "HuggingFaceTokenizer",
+        "tokenizer_model": str(hf_dir), "train_iters": 4, "eval_interval": 2, "eval_iters": 1})
+    torchrun(tree, exp)
+    losses = [m["loss"] for m in metrics(work / "real_data").values()]
+    assert len(losses) == 4 and all(loss == loss for loss in losses)  # finite, no NaN
+    log = (work / "real_data" / "logs" / "rank_1.log").read_text()
+    assert log.count("validation loss at iteration") == 2
