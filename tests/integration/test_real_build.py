@@ -39,9 +39,18 @@ def test_outputs(out: Path) -> None:
         "moe_router_force_load_balancing": "applied",
         "moe_permute_fusion": "retired",  # upstream defines it since 0.11
         "moe_permute_fusion_portable": "applied",
+        "use_deprecated_20241209_moe_layer": "applied",
         "fused_padded_mla_attention": "applied",
         "no_fp8_weight_transpose_cache": "applied",
         "moe_use_fused_router_with_aux_score": "applied",
+        # declared for the manifest and the patch notes; primus_runtime implements them
+        "trainer_trackers": "runtime",
+        "trainer_resume_and_saving": "runtime",
+        "trainer_compile_dependencies": "runtime",
+        "trainer_pp_warmup": "runtime",
+        "trainer_profiler_cpu_activity": "runtime",
+        "trainer_memory_info": "runtime",
+        "trainer_mlflow": "runtime",
     }
     for version in ("v0.1.0", "v0.2.0", "v0.3.0", "v0.4.0"):
         assert (out / "diffs" / "versions" / f"{version}.upstream.diff").is_file()
@@ -73,7 +82,11 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
         "patchset": "v0.4.0",
         "flags": sorted(["disable_primus_topk_router", "moe_router_force_load_balancing",
                          "moe_router_force_load_balancing_type", "moe_permute_fusion", "fused_padded_mla_attention",
-                         "no_fp8_weight_transpose_cache", "moe_use_fused_router_with_aux_score"]),
+                         "use_deprecated_20241209_moe_layer", "no_fp8_weight_transpose_cache",
+                         "moe_use_fused_router_with_aux_score", "disable_tensorboard", "disable_wandb",
+                         "auto_continue_train", "disable_last_saving", "disable_compile_dependencies", "pp_warmup",
+                         "disable_profiler_activity_cpu", "use_rocm_mem_info", "use_rocm_mem_info_iters",
+                         "disable_mlflow"]),
     }
 
 
