@@ -1,9 +1,9 @@
-"""``python -m primus_runtime``: inspect and check experiment configs, prepare data.
+"""``python -m primus_runtime``: train, inspect and check experiment configs, prepare data.
 
 Commands that take ``--exp`` accept trainer overrides after it as ``--key value`` (highest
 precedence; see :mod:`primus_runtime.config.loader`). Errors a user can fix print one line and
 exit non-zero: 2 for config errors, 3 for flags the installed megatron-core cannot honour,
-4 for data errors.
+4 for data errors, 5 for checkpoints that cannot be read or written.
 """
 
 from __future__ import annotations
