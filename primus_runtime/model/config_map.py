@@ -75,7 +75,7 @@ def _translated(params: Mapping[str, Any]) -> dict[str, Any]:
 
     kwargs["layernorm_epsilon"] = float(params.get("norm_epsilon", 1e-5))
     kwargs["layernorm_zero_centered_gamma"] = bool(params.get("apply_layernorm_1p", False))
-    kwargs["ffn_hidden_size"] = _ffn_hidden_size(params)
+    kwargs["ffn_hidden_size"] = ffn_hidden_size(params)
     if params.get("swiglu"):
         kwargs.update(gated_linear_unit=True, activation_func=F.silu,
                       bias_activation_fusion=bool(params.get("bias_swiglu_fusion", True)))
@@ -130,7 +130,7 @@ def _parse_freq_text(text: str) -> int | list[int]:
     return pattern
 
 
-def _ffn_hidden_size(params: Mapping[str, Any]) -> int:
+def ffn_hidden_size(params: Mapping[str, Any]) -> int:
     """Megatron-LM's default where unset: 4h, or with SwiGLU 2/3 of that rounded down to 64."""
     ffn = params.get("ffn_hidden_size")
     if ffn is not None:

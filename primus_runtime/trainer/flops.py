@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from primus_runtime.model.config_map import ffn_hidden_size, moe_layer_pattern
+
 #: forward + backward, times 2 FLOPs per multiply-add
 _TRAIN = 3 * 2
 
@@ -30,20 +32,10 @@ def _moe_layers(params: Mapping[str, Any]) -> list[bool]:
     layers = int(params["num_layers"])
     if not params.get("num_experts"):
         return [False] * layers
-    from primus_runtime.model.config_map import moe_layer_pattern
-
     pattern = moe_layer_pattern(params.get("moe_layer_freq", 1), layers)
     if isinstance(pattern, int):
         return [i % pattern == 0 for i in range(layers)]
     return [bool(v) for v in pattern]
-
-
-def _ffn(params: Mapping[str, Any]) -> int:
-    ffn = params.get("ffn_hidden_size")
-    if ffn is not None:
-        return int(ffn)
-    hidden = int(params["hidden_size"])
-    return int(4 * hidden * 2 / 3 / 64) * 64 if params.get("swiglu") else 4 * hidden
 
 
 def flops_per_token(params: Mapping[str, Any], seq_length: int, padded_vocab: int) -> float:
@@ -64,11 +56,11 @@ def flops_per_token(params: Mapping[str, Any], seq_length: int, padded_vocab: in
         groups = int(params.get("num_query_groups") or heads) if params.get("group_query_attention") else heads
         attn_proj = h * heads * kv + 2 * h * groups * kv + heads * kv * h
         core = seq_length * heads * 2 * kv * causal
-    dense_mlp = (gated + 1) * h * _ffn(params)
+    dense_mlp = (gated + 1) * h * ffn_hidden_size(params)
     moe_mlp = 0
     if params.get("num_experts"):
         topk = int(params.get("moe_router_topk", 2))
-        expert_ffn = int(params.get("moe_ffn_hidden_size") or _ffn(params))
+        expert_ffn = int(params.get("moe_ffn_hidden_size") or ffn_hidden_size(params))
         shared = int(params.get("moe_shared_expert_intermediate_size") or 0)
         moe_mlp = topk * (gated + 1) * h * expert_ffn + (gated + 1) * h * shared
     per_layer = sum(attn_proj + core + (moe_mlp if moe else dense_mlp) for moe in _moe_layers(params))
