@@ -37,6 +37,11 @@ def parallel_layout(params: Mapping[str, Any], world: int) -> Layout:
     cp = int(params.get("context_parallel_size", 1))
     ep = int(params.get("expert_model_parallel_size", 1))
     etp = int(params.get("expert_tensor_parallel_size") or tp)
+    if cp != 1:
+        # every context-parallel rank would need its slice of each sequence (and the attention
+        # that joins them); the trainer's data path does not split sequences yet
+        raise ConfigError(f"context_parallel_size={cp}: the trainer does not split sequences across context-parallel "
+                          f"ranks yet; use 1")
     model_parallel = tp * pp * cp
     if world % model_parallel:
         raise ConfigError(f"world size {world} is not divisible by tensor x pipeline x context parallel "

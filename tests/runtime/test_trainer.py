@@ -133,3 +133,8 @@ def test_mock_data_needs_no_tokenizer() -> None:
     assert (ids.vocab_size, ids.eod) == (128256, 128255)
     with pytest.raises(ConfigError, match="real data tokenizer_model"):
         token_ids({"mock_data": False, "tokenizer_model": None})
+
+
+def test_context_parallel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="context_parallel_size=2: the trainer does not split sequences"):
+        options.parallel_layout({"context_parallel_size": 2}, 2)
