@@ -9,6 +9,7 @@ exit non-zero: 2 for config errors, 3 for flags the installed megatron-core cann
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -130,3 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrimusRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `show ... | head`: the reader has all it wants; say nothing more, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

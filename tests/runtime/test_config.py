@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from primus_runtime.cli import main
-from primus_runtime.config.loader import load_experiment, parse_cli_overrides, resolve_model
+from primus_runtime.config.loader import config_root, load_experiment, parse_cli_overrides, resolve_model
 from primus_runtime.errors import ConfigError
 
 
@@ -213,3 +213,19 @@ def test_show_and_dump(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPat
     assert "micro_batch_size: 8" in target.read_text()
     assert main(["show", "--exp", str(path), "--micro_batch_sise", "2"]) == 2
     assert "error: command line: --micro_batch_sise: unknown key" in capsys.readouterr().err
+
+
+def test_show_into_a_closed_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`show ... | head -1`: when the reader has gone, no traceback, exit 0."""
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: every write fails with EPIPE
+    stdout = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["show", "--exp", str(config_root() / "examples" / "tiny_llama-cpu.yaml")]) == 0
+    finally:
+        monkeypatch.undo()
+        stdout.close()
