@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -63,4 +65,19 @@ def hf_dir(corpus: Path) -> Path:
     out.mkdir()
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, Path]) -> Path:
+    """megatron's C++ dataset helper (``helpers_cpp``), compiled once per session beside (not into)
+    the shared trees; GPTDataset, mock data included, needs it and a source tree does not have it."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is needed to compile megatron's dataset helpers")
+    out = tmp_path_factory.mktemp("helpers")
+    includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
+                              text=True).stdout.split()
+    source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
+    subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
+                    str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
     return out

@@ -11,8 +11,6 @@ import json
 import pickle
 import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -156,20 +154,6 @@ def test_failure_leaves_no_output_and_keeps_a_good_pair(cpu_trees: dict[str, Pat
     assert all((tmp_path / f"c_text_document{s}").read_bytes() == c for s, c in good.items())
     hub = preprocess(tree, corpus, tmp_path / "d", ("Llama3Tokenizer", Path("meta-llama/Llama-3.1-8B")), check=False)
     assert hub.returncode == 4 and len(hub.stderr.strip().splitlines()) == 1 and "Hub name" in hub.stderr
-
-
-@pytest.fixture(scope="session")
-def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, Path]) -> Path:
-    """megatron's C++ dataset helper, compiled for the tests beside (not into) the shared tree."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is needed to compile megatron's dataset helpers")
-    out = tmp_path_factory.mktemp("helpers")
-    includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
-                              text=True).stdout.split()
-    source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
-    subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
-                    str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
-    return out
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tree(cpu_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_trainer_tree(cpu_trees["patched"], tmp_path_factory.mktemp("trainer") / "tree")
+def tree(cpu_trees: dict[str, Path], helpers_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_trainer_tree(cpu_trees["patched"], tmp_path_factory.mktemp("trainer") / "tree", helpers_dir)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import yaml
@@ -23,13 +21,11 @@ from tests.runtime.conftest import REPO, run_in_tree
 EXAMPLE = REPO / "configs" / "examples" / "tiny_llama-cpu.yaml"
 
 
-def make_trainer_tree(patched: Path, out: Path) -> Path:
+def make_trainer_tree(patched: Path, out: Path, helpers_dir: Path) -> Path:
+    """A copy of ``patched`` with the session's compiled dataset helper in it, as a wheel has it."""
     shutil.copytree(patched, out)
-    includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
-                              text=True).stdout.split()
-    datasets = out / "megatron" / "core" / "datasets"
-    subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(datasets / "helpers.cpp"), "-o",
-                    str(datasets / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
+    for helper in helpers_dir.glob("helpers_cpp*"):
+        shutil.copy2(helper, out / "megatron" / "core" / "datasets" / helper.name)
     return out
 
 
