@@ -7,16 +7,15 @@ partial one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewriter.cache import FileCache, JsonCache, cache_key
 from rewriter.emit.diffs import unified_diff
 from rewriter.emit.manifest import (
     SUPPORT_PACKAGE,
@@ -27,11 +26,12 @@ from rewriter.emit.manifest import (
     support_init,
 )
 from rewriter.emit.staging import stage_tree
-from rewriter.emit.wheel import build_wheel
-from rewriter.engine import EditCache, SeriesResult, apply_series, rewriter_code_digest
+from rewriter.emit.wheel import build_environment, build_wheel
+from rewriter.engine import SeriesResult, apply_series
 from rewriter.errors import EmitError
 from rewriter.patchset.loader import load_patchsets
 from rewriter.patchset.model import Patchsets
+from rewriter.stale import clean_stale, owned_prefix
 from rewriter.ui import UI
 from rewriter.upstream import Pin, UpstreamTree, load_pin, resolve, resolve_release
 
@@ -92,7 +92,7 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
                            upstream.sdist, ui.info)
         ui.info(tree.label)
     with ui.task("applying patches"):
-        cache = EditCache(paths.build_cache / "engine" if paths.build_cache else None)
+        cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
                               releases=_release_resolver(pin, paths.upstream_cache, ui))
         for status in ("applied", "already-present"):
@@ -123,7 +123,7 @@ def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: 
     :mod:`rewriter.flavors`) adds its rewrites to every wheel and writes their diff.
     """
     out = out.resolve()
-    tmp_out = _claim_output(out)
+    tmp_out = _claim_output(out, ui)
     try:
         applied = apply_patchsets(paths, upstream, ui, verify)
         for version in versions:
@@ -148,21 +148,37 @@ def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: 
     return out
 
 
-def _claim_output(out: Path) -> Path:
-    """Create the temporary output folder beside ``out``, or fail before any work."""
+def _claim_output(out: Path, ui: UI) -> Path:
+    """Create the temporary output folder beside ``out``, or fail before any work.
+
+    Also removes what killed builds left beside ``out`` (see :mod:`rewriter.stale`).
+    """
     if out.exists() and not out.is_dir():
         raise EmitError(f"output directory {out} exists and is not a directory; remove it or choose another --out")
+    if out.is_dir():
+        _check_replaceable(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}-partial-", dir=out.parent))
+        clean_stale(out.parent, (f".{out.name}-partial-", f".{out.name}-old-"), ui.info)
+        return Path(tempfile.mkdtemp(prefix=owned_prefix(f".{out.name}-partial-"), dir=out.parent))
     except OSError as exc:
         raise EmitError(f"output directory {out} is not writable: {exc.strerror} ({exc.filename or out.parent})") from exc
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing ``out`` is replaced by deleting it: every folder in it must be writable."""
+    for folder in (out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise EmitError(
+                f"output directory {out} cannot be replaced: {folder} is read-only; "
+                "make it writable (chmod -R u+w) or choose another --out"
+            )
 
 
 def _move_into_place(tmp_out: Path, out: Path) -> None:
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}-old-{tmp_out.name.rsplit('-', 1)[-1]}")
+        old = out.with_name(f".{out.name}-old-{tmp_out.name.split('-partial-', 1)[-1]}")
         out.replace(old)
     tmp_out.replace(out)
     umask = os.umask(0)
@@ -224,7 +240,7 @@ def sources(applied: Applied, version: str | None, flavor: str = "default",
 
         files = {rel: applied.upstream.read(rel) or "" for rel in applied.upstream.files if rel.endswith(".py")}
         files.update(changed)
-        cache = EditCache(build_cache / "flavor" if build_cache else None)
+        cache = JsonCache(build_cache / "flavor" if build_cache else None, ui.warn if ui else lambda _m: None)
         changed = {**changed, **cpu_test.rewrite_tree(files, cache, ui.info if ui else lambda _m: None)}
         support[cpu_test.SHIM_FILE] = cpu_test.shim_source()
     elif flavor != "default":
@@ -260,25 +276,30 @@ def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path 
         written.append(flavor_diff)
     if not wheel:
         return written
-    cached = _wheel_cache_dir(build_cache, applied.upstream.digest, src)
-    if cached is not None and len(hits := list(cached.glob("*.whl"))) == 1:
-        shutil.copyfile(hits[0], dest / hits[0].name)
-        return [*written, dest / hits[0].name]
-    with tempfile.TemporaryDirectory(prefix="staging-") as tmp:
+    warn = ui.warn
+    wheels = FileCache(build_cache / "wheels" if build_cache else None, warn)
+    key = _wheel_key(applied.upstream.digest, src)
+    cached = wheels.get(key)
+    if cached is not None:
+        shutil.copyfile(cached, dest / cached.name)
+        return [*written, dest / cached.name]
+    temp = Path(tempfile.gettempdir())
+    clean_stale(temp, (STAGING_PREFIX,), ui.info)
+    clean_stale(temp, ("staging-",), ui.info, accept=lambda p: (p / "src" / "megatron").is_dir())  # older naming
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(STAGING_PREFIX)) as tmp:
         staging = Path(tmp) / "src"
         stage_tree(staging, applied.upstream, src.changed, src.support, src.label)
-        built = build_wheel(staging, dest, build_cache)
-    if cached is not None:
-        cached.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, cached / built.name)
+        built = build_wheel(staging, dest, FileCache(build_cache / "helpers" if build_cache else None, warn))
+    wheels.put(key, built)
     return [*written, built]
 
 
-def _wheel_cache_dir(build_cache: Path | None, digest: str, src: Sources) -> Path | None:
-    """Cache folder for a wheel, keyed by everything the staging tree is made of."""
-    if build_cache is None:
-        return None
-    h = hashlib.sha256(f"{digest}\0{src.label}\0{sys.implementation.cache_tag}\0{rewriter_code_digest()}".encode())
+STAGING_PREFIX = "primus-staging-"
+
+
+def _wheel_key(digest: str, src: Sources) -> str:
+    """A wheel is decided by its staging tree (upstream digest + what we write) and the build environment."""
+    parts = [digest, src.label, build_environment()]
     for rel, text in sorted({**src.changed, **src.support}.items()):
-        h.update(f"\0{rel}\0{text}".encode())
-    return build_cache / "wheels" / h.hexdigest()
+        parts += [rel, text]
+    return cache_key("wheel", *parts)

@@ -11,20 +11,14 @@ unchanged rebuild neither imports nor runs libcst.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from importlib import metadata
-from pathlib import Path
 
-from rewriter import __version__
+from rewriter.cache import JsonCache, cache_key
 from rewriter.errors import ApplyError, DriftError
 from rewriter.ops.import_module import ReleaseTree, resolve_imports
 from rewriter.patchset.model import Edit, Patch
 
-ENGINE_CACHE_VERSION = "1"
 OK_STATUSES = ("applied", "already-present")
 #: operations that create a file rather than edit a parsed one
 NEW_FILE_OPS = ("add_module", "import_module")
@@ -106,65 +100,11 @@ class SeriesResult:
         return out
 
 
-class EditCache:
-    """A folder of JSON results keyed by content; ``None`` disables caching."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        assert self.root is not None
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict | None:  # type: ignore[type-arg]
-        if self.root is None:
-            return None
-        try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def put(self, key: str, value: dict) -> None:  # type: ignore[type-arg]
-        if self.root is None:
-            return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(value), encoding="utf-8")
-        tmp.replace(path)
-
-
-@lru_cache(maxsize=1)
-def rewriter_code_digest() -> str:
-    """Digest of the rewriter's own source: a cache written by other code is never reused."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions that change what a build writes; recorded in the manifest and cache keys.
-
-    The rewriter's own (libcst, jinja2), and the wheel build's (upstream's backend is run from
-    this environment without isolation, so setuptools, wheel and pybind11 shape the wheel's
-    metadata and the compiled helper).
-    """
-    versions = {"rewriter": __version__}
-    for name in ("libcst", "jinja2", "setuptools", "wheel", "pybind11"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
 def apply_series(
     series: list[Patch],
     read_upstream: Callable[[str], str | None],
     upstream_label: str,
-    cache: EditCache | None = None,
+    cache: JsonCache | None = None,
     verify: bool = True,
     releases: Callable[[str], ReleaseTree] | None = None,
 ) -> SeriesResult:
@@ -179,15 +119,14 @@ def apply_series(
     for patch in series:
         for i, edit in enumerate(patch.edits):
             by_file.setdefault(edit.file, []).append((patch, i, edit))
-    cache = cache or EditCache(None)
-    versions = json.dumps(tool_versions(), sort_keys=True) + rewriter_code_digest()
+    cache = cache or JsonCache(None)
     files: dict[str, FileOutcome] = {}
     for path, edits in by_file.items():
         upstream = read_upstream(path)
-        key = _cache_key(versions, path, upstream, edits, verify)
-        hit = cache.get(key)
+        key = _cache_key(path, upstream, edits, verify)
+        hit = _cached_outcome(cache, key, path, upstream)
         if hit is not None:
-            files[path] = _outcome_from_json(path, upstream, hit)
+            files[path] = hit
             continue
         outcome = _apply_file(path, upstream, edits)
         files[path] = outcome
@@ -202,14 +141,24 @@ def apply_series(
     return result
 
 
-def _cache_key(versions: str, path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]], verify: bool) -> str:
-    h = hashlib.sha256()
-    for part in (ENGINE_CACHE_VERSION, versions, path, str(verify), "\0" if upstream is None else upstream):
-        h.update(part.encode("utf-8") + b"\x1e")
+def _cache_key(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]], verify: bool) -> str:
+    parts = [path, str(verify), "absent" if upstream is None else "file:" + upstream]
     for patch, i, edit in edits:
         flags = repr([(f.name, f.type, f.default, f.choices, f.nullable, f.description) for f in patch.gating_flags])
-        h.update(f"{patch.id}\x1f{i}\x1f{flags}\x1f{edit.cache_token()}\x1e".encode())
-    return h.hexdigest()
+        parts.append(f"{patch.id}\x1f{i}\x1f{flags}\x1f{edit.cache_token()}")
+    return cache_key("engine", *parts)
+
+
+def _cached_outcome(cache: JsonCache, key: str, path: str, upstream: str | None) -> FileOutcome | None:
+    """A cached outcome, or ``None``; an entry of the wrong shape is discarded like a damaged one."""
+    hit = cache.get(key)
+    if hit is None or cache.root is None:
+        return None
+    try:
+        return _outcome_from_json(path, upstream, hit)
+    except (TypeError, KeyError, ValueError):
+        cache.damaged(cache.path_of(key), "is not an engine result")
+        return None
 
 
 def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]],

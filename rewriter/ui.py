@@ -17,6 +17,10 @@ class UI:
         if not self.quiet:
             print(f"    {message}", file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        """A line the user must see even with ``-q``: something was wrong and has been dealt with."""
+        print(message, file=sys.stderr, flush=True)
+
     @contextmanager
     def task(self, name: str) -> Iterator[None]:
         if not self.quiet:

@@ -10,7 +10,8 @@ import json
 import pprint
 from typing import Any
 
-from rewriter.engine import EditReport, SeriesResult, tool_versions
+from rewriter.cache import tool_versions
+from rewriter.engine import EditReport, SeriesResult
 from rewriter.patchset.model import Patch, Patchsets
 from rewriter.upstream import UpstreamTree
 

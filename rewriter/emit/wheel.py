@@ -1,30 +1,61 @@
-"""Build the wheel with upstream's own build backend, reproducibly, and cache it by content.
+"""Build the wheel with upstream's own build backend, reproducibly, and cache the helper by content.
 
 ``pip wheel --no-build-isolation`` runs upstream's ``setup.py`` (setuptools) on the staging tree.
-Reproducibility: ``SOURCE_DATE_EPOCH`` fixes zip times, ``-ffile-prefix-map`` keeps the build
-path out of the compiled helper, and the staging tree's own bytes decide everything else.
 
-Speed: the dataset helper (``helpers_cpp``) is compiled by that same backend once per content of
-``helpers.cpp`` and reused: it is placed where setuptools' ``build_ext`` looks, newer than its
-source, so the backend skips the up-to-date extension. (Whole wheels are cached by the caller,
-keyed by the build's inputs.)
+Reproducibility: ``SOURCE_DATE_EPOCH`` fixes zip times, and the compiled dataset helper must not
+depend on where things are. The compile gets no debug information (``-g0``, placed last so that
+a ``-g`` from the environment or an older setuptools' C flags loses) and ``-ffile-prefix-map``
+for the staging tree, the environment's prefixes and pybind11's include folder, so neither the
+random staging path nor the venv path reaches the bytes (DWARF or ``__FILE__``). What still
+changes the bytes (compiler, linker, Python ABI, flags from the environment, pybind11 version)
+is in :func:`build_environment`, which keys the helper and the wheel caches.
+
+Speed: the helper (``helpers_cpp``) is compiled by that same backend once per key and reused:
+it is placed where setuptools' ``build_ext`` looks, newer than its source, so the backend skips
+the up-to-date extension.
+
+The ``pip wheel`` child runs in its own session behind a small guard that kills the whole group
+(pip, the backend, the compiler) when the rewriter dies, however it dies.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
+from rewriter.cache import FileCache, cache_key
 from rewriter.errors import EmitError
+from rewriter.stale import owned_prefix
 
 SOURCE_DATE_EPOCH = "1700000000"
 HELPER_SOURCE = "megatron/core/datasets/helpers.cpp"
+#: compiler flags of the environment that reach the compile or link line (setuptools appends them)
+FLAG_ENV = ("CC", "CXX", "CPPFLAGS", "LDFLAGS", "LDSHARED", "LDCXXSHARED", "CFLAGS", "CXXFLAGS", "AR", "ARFLAGS")
+
+# Runs `argv[2:]` as the leader of a new process group and kills that group when its parent (the
+# rewriter) dies: Linux sends it SIGTERM then (PR_SET_PDEATHSIG).
+_GUARD = r"""
+import ctypes, os, signal, subprocess, sys
+def die(*_):
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, die)
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    die()
+sys.exit(subprocess.call(sys.argv[2:]))
+"""
 
 
 def _build_lib(staging: Path) -> Path:
@@ -36,16 +67,44 @@ def _helper_relpath() -> str:
     return "megatron/core/datasets/helpers_cpp" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 
 
-def build_wheel(staging: Path, out_dir: Path, cache_dir: Path | None) -> Path:
+@lru_cache(maxsize=1)
+def build_environment() -> str:
+    """Everything outside the staging tree that changes the wheel's bytes, as stable text.
+
+    The Python ABI, the compiler's and linker's commands and versions, and compiler flags from the
+    environment. (Tool versions, pybind11's included, are in every cache key already.)
+    """
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    try:
+        version = subprocess.run([*shlex.split(cxx), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        version = f"unavailable: {exc}"
+    facts = {
+        "python": sys.version,
+        "abi": [sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX"), sysconfig.get_platform()],
+        "config": {k: sysconfig.get_config_var(k) for k in ("CC", "CXX", "CFLAGS", "CCSHARED", "LDSHARED", "LDCXXSHARED")},
+        "env": {k: os.environ[k] for k in FLAG_ENV if k in os.environ},
+        "compiler": version.strip(),
+    }
+    return json.dumps(facts, sort_keys=True)
+
+
+def helper_key(staging: Path) -> str:
+    """Cache key of the compiled helper: its source and the build environment."""
+    source = staging / HELPER_SOURCE
+    return cache_key("helper", source.read_bytes() if source.is_file() else b"", build_environment())
+
+
+def build_wheel(staging: Path, out_dir: Path, helpers: FileCache) -> Path:
     """Build a wheel from ``staging`` into ``out_dir``; return its path."""
-    helper_key = _helper_key(staging)
-    helper_cache = cache_dir / "helpers" / helper_key if cache_dir else None
-    if helper_cache is not None and (helper_cache / "helper.so").is_file():
+    key = helper_key(staging)
+    cached = helpers.get(key)
+    if cached is not None:
         target = _build_lib(staging) / _helper_relpath()
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(helper_cache / "helper.so", target)  # mtime now: newer than its source
+        shutil.copyfile(cached, target)  # mtime now: newer than its source
         target.chmod(0o755)  # as the linker writes it under umask 022 (see _run_pip_wheel)
-    with tempfile.TemporaryDirectory(prefix="wheel-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=owned_prefix("primus-wheel-")) as tmp:
         _run_pip_wheel(staging, Path(tmp))
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
@@ -54,33 +113,62 @@ def build_wheel(staging: Path, out_dir: Path, cache_dir: Path | None) -> Path:
         wheel = out_dir / wheels[0].name
         shutil.copyfile(wheels[0], wheel)
     built_helper = _build_lib(staging) / _helper_relpath()
-    if helper_cache is not None and built_helper.is_file() and not (helper_cache / "helper.so").is_file():
-        helper_cache.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built_helper, helper_cache / "helper.so")
+    if cached is None and built_helper.is_file():
+        helpers.put(key, built_helper)
     return wheel
 
 
-def _helper_key(staging: Path) -> str:
-    h = hashlib.sha256((staging / HELPER_SOURCE).read_bytes() if (staging / HELPER_SOURCE).is_file() else b"")
-    h.update((sys.version + (sysconfig.get_config_var("CXX") or "") + os.environ.get("CXX", "")).encode())
-    return h.hexdigest()
+def compile_flags(staging: Path) -> str:
+    """Flags appended to every compile: no debug info, and no path of this machine or this build."""
+    maps = {str(staging): "."}
+    for path, name in ((sys.prefix, "/python-env"), (sys.base_prefix, "/python"),
+                       (sysconfig.get_paths()["include"], "/python-include")):
+        maps.setdefault(path, name)
+    try:
+        import pybind11
+
+        maps.setdefault(pybind11.get_include(), "/pybind11-include")
+    except ImportError:
+        pass
+    flags = ["-g0"] + [f"-ffile-prefix-map={src}={dst}" for src, dst in sorted(maps.items(), key=lambda kv: len(kv[0]))]
+    return " ".join(shlex.quote(f) for f in flags)
 
 
 def _run_pip_wheel(staging: Path, out: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
+    fixed = compile_flags(staging)
     env.update(
         SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH,
         PYTHONHASHSEED="0",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         # upstream's setup.py runs `python3 -m pybind11` by name: make that our interpreter
         PATH=bindir + os.pathsep + env.get("PATH", ""),
-        CXXFLAGS=f"-DNDEBUG -fwrapv -ffile-prefix-map={staging}=.",
+        CXXFLAGS=f"-DNDEBUG -fwrapv -O3 -Wall {fixed}",
+        CFLAGS=f"-DNDEBUG -fwrapv -O3 -Wall {fixed}",
+        # setuptools appends CPPFLAGS last to compile lines (old versions compile C++ with CFLAGS)
+        CPPFLAGS=f"{os.environ.get('CPPFLAGS', '')} {fixed}".strip(),
     )
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
            "-w", str(out), str(staging) + os.sep]
-    # a fixed umask: file modes end up in the wheel
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=lambda: os.umask(0o022))
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise EmitError(f"wheel build failed (pip wheel exit {proc.returncode}); last lines:\n{tail}")
+    output, returncode = run_guarded(cmd, env)
+    if returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise EmitError(f"wheel build failed (pip wheel exit {returncode}); last lines:\n{tail}")
+
+
+def run_guarded(cmd: list[str], env: dict[str, str]) -> tuple[str, int]:
+    """Run ``cmd`` (umask 022: file modes end up in the wheel) so that it dies with us."""
+    proc = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), *cmd], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: os.umask(0o022))
+    try:
+        output, _ = proc.communicate()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
+    return output, proc.returncode

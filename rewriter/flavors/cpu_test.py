@@ -24,7 +24,6 @@ does not. Nothing else changes, so a cpu-test build runs the same megatron code 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import libcst as cst
 
-from rewriter.engine import EditCache, rewriter_code_digest
+from rewriter.cache import JsonCache, cache_key
 
 SHIM_MODULE = "megatron.core._primus.cuda"
 SHIM_FILE = "megatron/core/_primus/cuda.py"
@@ -45,18 +44,18 @@ def shim_source() -> str:
 
 
 def rewrite_tree(
-    files: dict[str, str], cache: EditCache | None = None, progress: Callable[[str], None] = lambda _m: None
+    files: dict[str, str], cache: JsonCache | None = None, progress: Callable[[str], None] = lambda _m: None
 ) -> dict[str, str]:
     """Return the files (path -> text) that the flavor changes, rewritten.
 
     Only files that mention ``cuda`` or ``ImportError`` are parsed; results are cached by content, and cache misses
     are parsed in parallel (libcst parsing is the whole cost).
     """
-    cache = cache or EditCache(None)
+    cache = cache or JsonCache(None)
     candidates = sorted(p for p, t in files.items()
                         if p.endswith(".py") and p != SHIM_FILE and ("cuda" in t or "ImportError" in t))
-    keys = {p: hashlib.sha256(f"cpu-test\0{rewriter_code_digest()}\0{p}\0{files[p]}".encode()).hexdigest() for p in candidates}
-    results = {p: hit["text"] for p in candidates if (hit := cache.get(keys[p])) is not None}
+    keys = {p: cache_key("cpu-test", p, files[p]) for p in candidates}
+    results = {p: hit["text"] for p in candidates if isinstance(hit := cache.get(keys[p]), dict) and isinstance(hit.get("text"), str)}
     missing = [p for p in candidates if p not in results]
     progress(f"{len(candidates)} files mention cuda or ImportError, {len(missing)} to parse")
     if missing:
