@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import jinja2
@@ -247,6 +247,9 @@ def _load_edit(
     keys.update({name: ((typ,), req) for name, (typ, req) in spec.args.items()})
     node = check_mapping(origin, node, keys, f"{what} ({kind})")
     loc = where(origin, node)
+    for key, tree in (("file", "the upstream tree"), ("template", "the patch folder"), ("source", "the release tree")):
+        if isinstance(node.get(key), str):
+            _check_inside(where(origin, node, key), key, node[key], tree)
     if spec.needs_target and not node.get("target"):
         raise PatchsetError(f"{loc}: {what} ({kind}) needs a 'target' (qualified name such as Class.method)")
     if not spec.needs_target and "target" in node:
@@ -331,6 +334,19 @@ def _render_code(
         raise PatchsetError(f"{loc}: template uses an undefined variable: {exc.message}") from exc
     _check_python(loc, text, f"rendered {key}")
     return text
+
+
+def _check_inside(loc: str, key: str, value: str, tree: str) -> None:
+    """A patch path is relative and stays inside the tree it names: no absolute path, no ``..``.
+
+    Checked at load time, so ``check`` refuses what ``build`` would otherwise write (or read)
+    outside its staging tree.
+    """
+    path = PurePosixPath(value)
+    if not value.strip() or path.is_absolute() or PureWindowsPath(value).drive or "\\" in value:
+        raise PatchsetError(f"{loc}: {key} {value!r} must be a relative path inside {tree}")
+    if ".." in path.parts:
+        raise PatchsetError(f"{loc}: {key} {value!r} leaves {tree} ('..'); name a path inside it")
 
 
 def _check_python(loc: str, text: str, what: str) -> None:
