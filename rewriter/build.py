@@ -86,10 +86,10 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
     with ui.task("resolving upstream"):
         pin = load_pin(paths.pin)
         if upstream.release is not None:
-            tree = resolve_release(upstream.release, pin, paths.upstream_cache, upstream.sdist, ui.info)
+            tree = resolve_release(upstream.release, pin, paths.upstream_cache, upstream.sdist, ui.info, ui.warn)
         else:
             tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
-                           upstream.sdist, ui.info)
+                           upstream.sdist, ui.info, ui.warn)
         ui.info(tree.label)
     with ui.task("applying patches"):
         cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
@@ -107,7 +107,7 @@ def _release_resolver(pin: Pin, cache_dir: Path, ui: UI) -> Callable[[str], Upst
 
     def release(version: str) -> UpstreamTree:
         if version not in trees:
-            trees[version] = resolve_release(version, pin, cache_dir, None, ui.info)
+            trees[version] = resolve_release(version, pin, cache_dir, None, ui.info, ui.warn)
         return trees[version]
 
     return release

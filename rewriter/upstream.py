@@ -14,19 +14,22 @@ with local modifications is refused rather than silently used.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewriter.cache import discard, sha256_file
 from rewriter.errors import UpstreamError
+from rewriter.lock import folder_lock
+from rewriter.sdist import fetch_sdist
+from rewriter.stale import clean_stale, owned_prefix
 from rewriter.yamlio import load_yaml
 
 SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
@@ -119,13 +122,18 @@ def resolve(
     repo: str | None = None,
     sdist: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    warn: Callable[[str], None] | None = None,
 ) -> UpstreamTree:
-    """Return the verified upstream tree for ``sha`` (see the module docstring)."""
+    """Return the verified upstream tree for ``sha`` (see the module docstring).
+
+    ``warn`` gets the lines about damaged cache entries that were discarded (default: ``log``).
+    """
     sha = sha.strip().lower()
     if not SHA_RE.match(sha):
         raise UpstreamError(f"--upstream {sha!r} is not a git sha (4 to 40 hex digits)")
     if repo is not None:
-        return _from_git(sha, pin, cache_dir, repo, log)
+        with folder_lock(cache_dir, log):
+            return _from_git(sha, pin, cache_dir, repo, log)
     release = pin.release_for(sha)
     if release is None:
         known = ", ".join(f"{r.commit[:12]} ({r.tag})" for r in pin.releases)
@@ -133,7 +141,7 @@ def resolve(
             f"unknown upstream sha {sha!r}: it is not a release in the pin file (known: {known}); "
             "pass --upstream-repo URL|PATH to resolve it with git"
         )
-    return _from_pypi(release, pin, cache_dir, sdist, log)
+    return _from_pypi(release, pin, cache_dir, sdist, log, warn or log)
 
 
 def resolve_release(
@@ -142,13 +150,14 @@ def resolve_release(
     cache_dir: Path,
     sdist: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    warn: Callable[[str], None] | None = None,
 ) -> UpstreamTree:
     """A release by its PyPI version (pinned or testbed), from its verified sdist."""
     release = next((r for r in (*pin.releases, *pin.testbed) if r.version == version), None)
     if release is None:
         known = ", ".join(r.version for r in (*pin.releases, *pin.testbed))
         raise UpstreamError(f"unknown upstream release {version!r} (the pin file lists: {known})")
-    return _from_pypi(release, pin, cache_dir, sdist, log)
+    return _from_pypi(release, pin, cache_dir, sdist, log, warn or log)
 
 
 # -- git ---------------------------------------------------------------------------------------
@@ -163,7 +172,8 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
         if not (clone_dir / ".git").exists() and not (clone_dir / "HEAD").exists():
             log(f"cloning {repo} into {clone_dir}")
             clone_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".clone-", dir=clone_dir.parent))
+            clean_stale(clone_dir.parent, (".clone-",), log)
+            tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(".clone-"), dir=clone_dir.parent))
             try:
                 git.Repo.clone_from(repo, tmp, bare=True)
             except BaseException:
@@ -171,11 +181,11 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
                 raise
             tmp.replace(clone_dir)
         clone = git.Repo(clone_dir)
-        full = _rev_parse(clone, sha)
+        full = _find_commit(clone, sha, repo)
         if full is None:
             log(f"fetching {repo}")
             clone.git.fetch(repo, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
-            full = _rev_parse(clone, sha)
+            full = _find_commit(clone, sha, repo)
         if full is None:
             raise UpstreamError(f"unknown upstream sha {sha!r}: no such commit in {repo}")
         tree_dir = cache_dir / "trees" / full
@@ -191,6 +201,8 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
             raise UpstreamError(f"{tree_dir}: the upstream checkout has local modifications; delete it and rebuild")
     except git.GitCommandError as exc:
         raise UpstreamError(f"git failed for {repo}: {_git_failure(exc)}") from exc
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise UpstreamError(f"{exc}: not a usable git repository (damaged cache entry); delete it and rebuild") from exc
     files = source_files(tree_dir, pin.files)
     digest = source_digest(tree_dir, files)
     release = next((r for r in pin.releases if r.commit == full), None)
@@ -212,48 +224,70 @@ def _git_failure(exc: Exception) -> str:
     return "; ".join(lines) or f"{' '.join(map(str, getattr(exc, 'command', [])))} exited with {getattr(exc, 'status', '?')}"
 
 
-def _rev_parse(repo: object, sha: str) -> str | None:
+def _find_commit(repo: object, sha: str, url: str) -> str | None:
+    """The full sha of the commit ``sha`` names in ``repo``, ``None`` if none does.
+
+    A prefix that names several commits is an error listing them (fetching cannot make it
+    unique, so it is not tried).
+    """
     import git
 
-    try:
-        out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")  # type: ignore[attr-defined]
-    except git.GitCommandError as exc:
-        if "ambiguous" in (exc.stderr or ""):
-            raise UpstreamError(f"sha prefix {sha!r} is ambiguous; give more digits") from exc
-        return None
-    return str(out).strip() or None
+    if len(sha) == 40:
+        try:
+            out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")  # type: ignore[attr-defined]
+        except git.GitCommandError:
+            return None
+        return str(out).strip() or None
+    listed = repo.git.rev_list("--all")  # type: ignore[attr-defined]
+    matches = sorted({line for line in str(listed).split() if line.startswith(sha)})
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:10]) + (", ..." if len(matches) > 10 else "")
+        raise UpstreamError(f"sha prefix {sha!r} is ambiguous in {url}: {len(matches)} commits match ({shown}); give more digits")
+    return matches[0] if matches else None
 
 
 def _package_version(root: Path) -> str:
+    """The version in ``megatron/core/package_info.py``, read without running upstream code.
+
+    A plain ``__version__ = "..."`` is taken as it is; otherwise the version is composed the
+    way upstream composes it, from the literal ``MAJOR``, ``MINOR``, ``PATCH`` and ``PRE_RELEASE``.
+    """
     info = root / "megatron" / "core" / "package_info.py"
     if not info.is_file():
         raise UpstreamError(f"{root}: no megatron/core/package_info.py; is this a Megatron-LM checkout?")
-    scope: dict[str, object] = {}
-    exec(compile(info.read_text(encoding="utf-8"), str(info), "exec"), scope)  # a constants-only module
-    return str(scope["__version__"])
+    try:
+        tree = ast.parse(info.read_bytes(), str(info))
+    except (SyntaxError, ValueError) as exc:
+        raise UpstreamError(f"{info}: cannot parse it to read the version: {exc}") from exc
+    literals: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                literals[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    if isinstance(literals.get("__version__"), str):
+        return str(literals["__version__"])
+    parts = [literals.get(name) for name in ("MAJOR", "MINOR", "PATCH")]
+    if not all(isinstance(p, (int, str)) for p in parts):
+        raise UpstreamError(f"{info}: no literal __version__ or MAJOR/MINOR/PATCH to read the version from")
+    return ".".join(map(str, parts)) + str(literals.get("PRE_RELEASE") or "")
 
 
 # -- PyPI --------------------------------------------------------------------------------------
 
 
-def _from_pypi(release: Release, pin: Pin, cache_dir: Path, sdist: Path | None, log: Callable[[str], None]) -> UpstreamTree:
-    import git
-
-    tree_dir = cache_dir / "pypi" / f"{pin.package}-{release.version}"
-    if tree_dir.exists():
-        repo = git.Repo(tree_dir)
-        if repo.is_dirty(untracked_files=True):
-            raise UpstreamError(f"{tree_dir}: the imported upstream has local modifications; delete it and rebuild")
-    else:
-        archive = sdist or _download_sdist(pin.package, release, cache_dir / "sdist", log)
-        actual = hashlib.sha256(archive.read_bytes()).hexdigest()
-        if actual != release.sdist_sha256:
-            raise UpstreamError(
-                f"digest mismatch: {archive} has sha256 {actual}, the pin file expects {release.sdist_sha256} "
-                f"for {pin.package}=={release.version}"
-            )
-        log(f"importing {archive.name} into {tree_dir}")
-        _import_sdist(archive, tree_dir, pin, release)
+def _from_pypi(release: Release, pin: Pin, cache_dir: Path, sdist: Path | None, log: Callable[[str], None],
+               warn: Callable[[str], None]) -> UpstreamTree:
+    with folder_lock(cache_dir, log):
+        tree_dir = cache_dir / "pypi" / f"{pin.package}-{release.version}"
+        clean_stale(tree_dir.parent, (".import-", ".trash-"), log)
+        if tree_dir.exists() and not _imported_tree_usable(tree_dir, warn):
+            discard(tree_dir)
+        if not tree_dir.exists():
+            archive = _verified_sdist(pin.package, release, cache_dir / "sdist", sdist, log, warn)
+            log(f"importing {archive.name} into {tree_dir}")
+            _import_sdist(archive, tree_dir, pin, release)
     files = source_files(tree_dir, pin.files)
     digest = source_digest(tree_dir, files)
     if digest != release.source_digest:
@@ -264,23 +298,45 @@ def _from_pypi(release: Release, pin: Pin, cache_dir: Path, sdist: Path | None, 
     return UpstreamTree(tree_dir, pin.repository, release.commit, release.version, release.tag, digest, "pypi-sdist", files)
 
 
-def _download_sdist(package: str, release: Release, dest: Path, log: Callable[[str], None]) -> Path:
-    name = f"{package.replace('-', '_')}-{release.version}.tar.gz"
-    target = dest / name
+def _imported_tree_usable(tree_dir: Path, warn: Callable[[str], None]) -> bool:
+    """A clean git repository: true; damaged (broken ``.git``): warn, false; modified: refuse."""
+    import git
+
+    try:
+        repo = git.Repo(tree_dir)
+        dirty = repo.is_dirty(untracked_files=True)
+        repo.head.commit  # noqa: B018 - a repository without its commit is damaged
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError, ValueError, OSError) as exc:
+        warn(f"warning: the imported upstream {tree_dir} is damaged ({exc.__class__.__name__}); importing the sdist again")
+        return False
+    if dirty:
+        raise UpstreamError(f"{tree_dir}: the imported upstream has local modifications; delete it and rebuild")
+    return True
+
+
+def _verified_sdist(package: str, release: Release, cache: Path, given: Path | None, log: Callable[[str], None],
+                    warn: Callable[[str], None]) -> Path:
+    """The release's sdist with the pinned sha256: ``--sdist``, else the cached one, else downloaded."""
+    if given is not None:
+        if not given.is_file():
+            raise UpstreamError(f"--sdist {given}: no such file")
+        actual = sha256_file(given)
+        if actual != release.sdist_sha256:
+            raise UpstreamError(
+                f"digest mismatch: {given} has sha256 {actual}, the pin file expects {release.sdist_sha256} "
+                f"for {package}=={release.version}"
+            )
+        return given
+    target = cache / f"{package.replace('-', '_')}-{release.version}.tar.gz"
+    clean_stale(cache, (".tmp-",), log)
     if target.is_file():
-        return target
-    dest.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {package}=={release.version} sdist from PyPI")
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", tmp, f"{package}=={release.version}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = list(Path(tmp).glob("*.tar.gz"))
-        if proc.returncode != 0 or len(got) != 1:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise UpstreamError(f"cannot download {package}=={release.version} from PyPI: {tail[0]}")
-        got[0].replace(target)
-    return target
+        actual = sha256_file(target)
+        if actual == release.sdist_sha256:
+            return target
+        warn(f"warning: the cached sdist {target} has sha256 {actual}, not the pinned {release.sdist_sha256}; "
+             "downloading it again")
+        discard(target)
+    return fetch_sdist(package, release.version, release.sdist_sha256, target, log)
 
 
 def _import_sdist(archive: Path, tree_dir: Path, pin: Pin, release: Release) -> None:
@@ -288,7 +344,7 @@ def _import_sdist(archive: Path, tree_dir: Path, pin: Pin, release: Release) -> 
     import git
 
     tree_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".import-", dir=tree_dir.parent))
+    work = Path(tempfile.mkdtemp(prefix=owned_prefix(".import-"), dir=tree_dir.parent))
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(work / "x", filter="data")
