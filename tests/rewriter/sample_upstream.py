@@ -127,6 +127,30 @@ SOURCE_TREE = {
     "megatron/core/transformer/config.py": CONFIG_PY,
     "megatron/core/transformer/block.py": BLOCK_PY,
 }
+# a helper compiled the way upstream's setup.py compiles megatron's (pybind11 includes asked of
+# `python3 -m pybind11`): for the tests of the helper cache and of reproducible compiled bytes
+HELPER_CPP = """\
+#include <pybind11/pybind11.h>
+
+static long long triangle(long long n) {
+    long long sum = 0;
+    for (long long i = 1; i <= n; ++i) sum += i;
+    return sum;
+}
+
+PYBIND11_MODULE(helpers_cpp, m) { m.def("triangle", &triangle); }
+"""
+HELPER_SETUP_PY = """\
+import subprocess
+
+from setuptools import Extension, setup
+
+includes = subprocess.check_output(["python3", "-m", "pybind11", "--includes"]).decode().split()
+helper = Extension("megatron.core.datasets.helpers_cpp", sources=["megatron/core/datasets/helpers.cpp"],
+                   language="c++", extra_compile_args=includes + ["-O2", "-std=c++17"])
+setup(ext_modules=[helper])
+"""
+WITH_HELPER = {"setup.py": HELPER_SETUP_PY, "megatron/core/datasets/helpers.cpp": HELPER_CPP}
 # in the git repository only (as megatron/training is in Megatron-LM but not in the sdist)
 GIT_ONLY = {"megatron/training/train.py": "def main():\n    pass\n", ".gitignore": "build/\n"}
 # in the sdist only
@@ -226,13 +250,15 @@ class SampleUpstream:
     next_digest: str
 
 
-def make_upstream(base: Path) -> SampleUpstream:
-    src = write_tree(base / "src", SOURCE_TREE)
-    sdist_src = write_tree(base / "sdist-src", {**SOURCE_TREE, **SDIST_ONLY})
+def make_upstream(base: Path, overrides: dict[str, str] | None = None) -> SampleUpstream:
+    """The sample upstream; ``overrides`` replaces or adds source files (e.g. a compiled helper)."""
+    tree = {**SOURCE_TREE, **(overrides or {})}
+    src = write_tree(base / "src", tree)
+    sdist_src = write_tree(base / "sdist-src", {**tree, **SDIST_ONLY})
     sdist = make_sdist(sdist_src, base / f"fake_core-{VERSION}.tar.gz")
     digest = source_digest(src, source_files(src, PIN_FILES))
 
-    repo = write_tree(base / "repo", {**SOURCE_TREE, **GIT_ONLY})
+    repo = write_tree(base / "repo", {**tree, **GIT_ONLY})
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "user.name", "Sample Upstream")
     git(repo, "config", "user.email", "sample@example.invalid")
