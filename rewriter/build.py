@@ -142,6 +142,9 @@ def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: 
                 ui.info(produced[-1].name)
         with ui.task(f"moving outputs into {out}"):
             _move_into_place(tmp_out, out)
+    except OSError as exc:  # a full disk, a folder removed under us: the environment, not a bug
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise EmitError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; the previous output is unchanged") from exc
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
         raise

@@ -8,7 +8,9 @@ turns a :class:`RewriterError` into one line on stderr and its exit code (see
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -142,9 +144,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed and the build child is killed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     ui = UI(quiet=args.quiet)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    try:
+        return _run(args, ui)
+    finally:
+        if on_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, ui: UI) -> int:
     try:
         return COMMANDS[args.command](args, ui)
     except RewriterError as exc:
