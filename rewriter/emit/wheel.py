@@ -34,7 +34,6 @@ from pathlib import Path
 
 from rewriter.cache import FileCache, cache_key
 from rewriter.errors import EmitError
-from rewriter.stale import owned_prefix
 
 SOURCE_DATE_EPOCH = "1700000000"
 HELPER_SOURCE = "megatron/core/datasets/helpers.cpp"
@@ -96,7 +95,11 @@ def helper_key(staging: Path) -> str:
 
 
 def build_wheel(staging: Path, out_dir: Path, helpers: FileCache) -> Path:
-    """Build a wheel from ``staging`` into ``out_dir``; return its path."""
+    """Build a wheel from ``staging`` into ``out_dir``; return its path.
+
+    ``staging.parent`` is a temporary folder the caller owns and removes: pip's own temporary
+    files go there too, so a killed build leaves one folder, which the next run removes.
+    """
     key = helper_key(staging)
     cached = helpers.get(key)
     if cached is not None:
@@ -104,14 +107,14 @@ def build_wheel(staging: Path, out_dir: Path, helpers: FileCache) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cached, target)  # mtime now: newer than its source
         target.chmod(0o755)  # as the linker writes it under umask 022 (see _run_pip_wheel)
-    with tempfile.TemporaryDirectory(prefix=owned_prefix("primus-wheel-")) as tmp:
-        _run_pip_wheel(staging, Path(tmp))
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise EmitError(f"the build produced {len(wheels)} wheels in {tmp}, expected one")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        wheel = out_dir / wheels[0].name
-        shutil.copyfile(wheels[0], wheel)
+    scratch = Path(tempfile.mkdtemp(prefix="wheel-", dir=staging.parent))  # inside the caller's owned folder
+    _run_pip_wheel(staging, scratch / "out", scratch / "tmp")
+    wheels = list((scratch / "out").glob("*.whl"))
+    if len(wheels) != 1:
+        raise EmitError(f"the build produced {len(wheels)} wheels in {scratch / 'out'}, expected one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wheel = out_dir / wheels[0].name
+    shutil.copyfile(wheels[0], wheel)
     built_helper = _build_lib(staging) / _helper_relpath()
     if cached is None and built_helper.is_file():
         helpers.put(key, built_helper)
@@ -134,14 +137,16 @@ def compile_flags(staging: Path) -> str:
     return " ".join(shlex.quote(f) for f in flags)
 
 
-def _run_pip_wheel(staging: Path, out: Path) -> None:
+def _run_pip_wheel(staging: Path, out: Path, tmp: Path) -> None:
     bindir = str(Path(sys.executable).parent)
+    tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     fixed = compile_flags(staging)
     env.update(
         SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH,
         PYTHONHASHSEED="0",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
+        TMPDIR=str(tmp),
         # upstream's setup.py runs `python3 -m pybind11` by name: make that our interpreter
         PATH=bindir + os.pathsep + env.get("PATH", ""),
         CXXFLAGS=f"-DNDEBUG -fwrapv -O3 -Wall {fixed}",
