@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rewriter.cache import FileCache, JsonCache, cache_key
+from rewriter.cache import FileCache, JsonCache, cache_key, clean_leftovers
 from rewriter.emit.diffs import unified_diff
 from rewriter.emit.manifest import (
     SUPPORT_PACKAGE,
@@ -92,6 +92,7 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
                            upstream.sdist, ui.info, ui.warn)
         ui.info(tree.label)
     with ui.task("applying patches"):
+        clean_leftovers(paths.build_cache, ui.info)
         cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
                               releases=_release_resolver(pin, paths.upstream_cache, ui))

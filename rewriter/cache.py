@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rewriter import __version__
+from rewriter.stale import clean_stale
 
 #: bump to invalidate every cache entry written by an older layout
 CACHE_FORMAT = "2"
@@ -110,6 +111,15 @@ def discard(path: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         trash.unlink(missing_ok=True)
+
+
+def clean_leftovers(root: Path | None, log: Callable[[str], None] = lambda _m: None) -> None:
+    """Remove the temporary and half-discarded names that killed builds left in a cache."""
+    if root is None or not root.is_dir():
+        return
+    names = (".tmp-", ".trash-")
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.name.startswith(names))]:
+        clean_stale(folder, names, log)
 
 
 class JsonCache:

@@ -270,6 +270,8 @@ def test_stale_leftovers_are_removed_and_live_ones_kept(sample: Sample, tmp_path
         out.parent / f".{out.name}-old-{dead}-abc123",
         temp / f"primus-staging-{dead}-xyz",
         sample.cache / "pypi" / f".import-{dead}-q1",
+        sample.build_cache / "wheels" / f".tmp-{dead}-w1",
+        sample.build_cache / "engine" / "ab" / f".tmp-{dead}-e1",
     ]
     old_unowned = out.parent / f".{out.name}-partial-zz9"  # older naming, no pid: goes after an hour
     live = out.parent / f".{out.name}-partial-{os.getpid()}-mine"  # a build still running
