@@ -66,7 +66,14 @@ def _helper_relpath() -> str:
     return "megatron/core/datasets/helpers_cpp" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=8)
+def _compiler_version(cxx: str) -> str:
+    try:
+        return subprocess.run([*shlex.split(cxx), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable: {exc}"
+
+
 def build_environment() -> str:
     """Everything outside the staging tree that changes the wheel's bytes, as stable text.
 
@@ -74,10 +81,7 @@ def build_environment() -> str:
     environment. (Tool versions, pybind11's included, are in every cache key already.)
     """
     cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
-    try:
-        version = subprocess.run([*shlex.split(cxx), "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        version = f"unavailable: {exc}"
+    version = _compiler_version(cxx)
     facts = {
         "python": sys.version,
         "abi": [sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX"), sysconfig.get_platform()],

@@ -14,6 +14,7 @@ from sample_upstream import Sample
 from rewriter import cache as cache_module
 from rewriter.cache import JsonCache
 from rewriter.cli import main
+from rewriter.emit.wheel import FLAG_ENV, HELPER_SOURCE, helper_key
 from rewriter.flavors.cpu_test import rewrite_tree
 
 
@@ -48,3 +49,24 @@ def test_a_tool_upgrade_misses_every_cache(sample: Sample, tmp_path: Path, monke
     with_tool_version(monkeypatch, tool, "99.0")
     assert main(sample.args("build", "--out", str(tmp_path / "second"))) == 0
     assert entries(sample.build_cache) == {kind: 2 * n for kind, n in before.items()}
+
+
+def test_helper_key_covers_compiler_and_flags_from_the_environment(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / HELPER_SOURCE
+    source.parent.mkdir(parents=True)
+    source.write_text("int x;\n")
+    for name in FLAG_ENV:
+        monkeypatch.delenv(name, raising=False)
+    keys = [helper_key(tmp_path)]
+    monkeypatch.setenv("CPPFLAGS", "-O0")
+    keys.append(helper_key(tmp_path))
+    monkeypatch.setenv("LDFLAGS", "-Wl,--as-needed")
+    keys.append(helper_key(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    keys.append(helper_key(tmp_path))
+    source.write_text("int y;\n")
+    keys.append(helper_key(tmp_path))
+    assert len(set(keys)) == len(keys)
+    with_tool_version(monkeypatch, "pybind11", "0.1")
+    assert helper_key(tmp_path) != keys[-1]
