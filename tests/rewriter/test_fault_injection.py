@@ -215,8 +215,8 @@ def test_full_output_disk_is_one_line_and_leaves_nothing(sample: Sample, tmp_pat
 STEPS = ["resolving upstream", "applying patches", "writing diffs", "building wheel", "moving outputs"]
 
 
-def kill_at(cmd: list[str], env: dict[str, str], step: str) -> None:
-    """Start the CLI, kill -9 it once it reports ``step`` (for the wheel: once pip runs)."""
+def kill_at(cmd: list[str], env: dict[str, str], step: str, sig: int = signal.SIGKILL) -> int:
+    """Start the CLI, send ``sig`` once it reports ``step`` (for the wheel: once pip runs); its exit status."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -228,9 +228,10 @@ def kill_at(cmd: list[str], env: dict[str, str], step: str) -> None:
         deadline = time.monotonic() + 120
         while not processes_mentioning(env["TMPDIR"]) and time.monotonic() < deadline:
             time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    status = proc.wait()
     proc.stderr.close()
+    return status
 
 
 @pytest.mark.slow
@@ -252,6 +253,16 @@ def test_kill_9_at_each_step_then_rebuild(sample: Sample, tmp_path: Path, step: 
     assert leftovers(sample.out) == []
     assert temp_names(sample.cache, sample.build_cache) == []
     assert list((tmp_path / "tmp").iterdir()) == []  # pip's temporary files included
+
+
+@pytest.mark.slow
+def test_sigterm_while_pip_runs_removes_everything_at_once(sample: Sample, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "tmp")
+    cmd = [sys.executable, "-m", "rewriter", *[a for a in sample.args("build", "--out", str(sample.out)) if a != "-q"]]
+    assert kill_at(cmd, env, "building wheel", signal.SIGTERM) == 128 + signal.SIGTERM
+    assert processes_mentioning(env["TMPDIR"]) == []  # pip's group was killed before the CLI exited
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not sample.out.exists() and leftovers(sample.out) == []
 
 
 # -- leftovers of killed builds are removed by the next run -------------------------------------------------
