@@ -25,7 +25,7 @@ from packaging.version import Version
 from primus_runtime.config.schema import Origin
 from primus_runtime.errors import ConfigError, FlagError
 from primus_runtime.wheel_info import WheelInfo
-from rewriter.yamlio import LocatedDict, load_yaml
+from primus_yaml import LocatedDict, load_yaml
 
 SCOPES = ("core", "trainer")
 

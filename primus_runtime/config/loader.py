@@ -26,7 +26,7 @@ import yaml
 from primus_runtime.config.schema import Origin, Schema
 from primus_runtime.config.substitute import expand_tree
 from primus_runtime.errors import ConfigError
-from rewriter.yamlio import LocatedDict, load_yaml
+from primus_yaml import LocatedDict, load_yaml
 
 CONFIG_ROOT_ENV = "PRIMUS_CONFIG_ROOT"
 MODULE = "pre_trainer"

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from primus_runtime.errors import ConfigError
-from rewriter.yamlio import LocatedDict
+from primus_yaml import LocatedDict
 
 _REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 

@@ -1,0 +1,77 @@
+"""primus_runtime runs without the compiler: a training image has neither it nor its dependencies.
+
+Each test imports every primus_runtime module in a fresh interpreter where ``rewriter`` and the
+compiler-only dependencies cannot be imported (a ``sys.meta_path`` finder refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# rewriter and what only the compiler needs (primus-runtime/pyproject.toml lists none of them)
+COMPILER_ONLY = ("rewriter", "libcst", "git", "jinja2", "setuptools", "pybind11")
+
+SCRIPT = """
+import importlib, json, pkgutil, sys
+
+BLOCKED = set(sys.argv[1].split(","))
+
+class RefuseCompiler:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is blocked: the runtime must not need it", name=name)
+        return None
+
+sys.meta_path.insert(0, RefuseCompiler())
+import primus_runtime
+
+failed = {}
+for module in pkgutil.walk_packages(primus_runtime.__path__, "primus_runtime."):
+    if module.name.endswith(".__main__"):  # runs the command line
+        continue
+    try:
+        importlib.import_module(module.name)
+    except Exception as exc:
+        failed[module.name] = [type(exc).__name__, getattr(exc, "name", None), str(exc)]
+print(json.dumps({"failed": failed, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+"""
+
+
+def import_everything(*paths: Path) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (*paths, REPO)), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, ",".join(COMPILER_ONLY)], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_runtime_modules_import_without_the_compiler() -> None:
+    """Without megatron-core on the path, the only modules that may fail are those that need it."""
+    result = import_everything()
+    assert result["loaded"] == []
+    for name, (kind, missing, message) in result["failed"].items():
+        assert kind == "ModuleNotFoundError" and missing == "megatron", f"{name}: {message}"
+
+
+@pytest.mark.slow
+def test_runtime_modules_import_without_the_compiler_beside_megatron(cpu_trees: dict[str, Path]) -> None:
+    """With a built megatron-core tree importable, every module imports."""
+    result = import_everything(cpu_trees["patched"])
+    assert result == {"failed": {}, "loaded": []}
+
+
+def test_runtime_distribution_declares_no_compiler_dependency() -> None:
+    """primus-runtime/pyproject.toml ships the runtime and its YAML helper, and none of the compiler."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "primus-runtime" / "pyproject.toml").read_text(encoding="utf-8"))
+    names = {dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+             for dep in project["project"]["dependencies"]}
+    assert names.isdisjoint({"libcst", "gitpython", "jinja2", "setuptools", "pybind11", "wheel"}), names
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["primus_runtime*", "primus_yaml*"]
