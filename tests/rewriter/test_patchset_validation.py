@@ -386,3 +386,22 @@ def test_cli_unknown_patchset_version_exits_2(sample: Sample, capsys: pytest.Cap
     assert main(sample.args("build", "--patchset", "v9.9.9", "--out", str(sample.out))) == 2
     one_error_line(capsys.readouterr().err, "unknown patchset version 'v9.9.9' (known: v0.1.0)")
     assert_untouched(sample.out)
+
+
+def test_patch_yaml_that_is_not_utf8_names_the_byte(sample: Sample) -> None:
+    path = sample.patchsets / "v0.1.0" / "double_output" / "patch.yaml"
+    raw = path.read_bytes()
+    offset = raw.index(b"summary:")
+    path.write_bytes(raw[:offset] + b"\xff" + raw[offset + 1:])
+    line = raw[:offset].count(b"\n") + 1
+    message = load_error(sample)
+    assert message == (f"{PATCH}:{line}: not UTF-8 text (byte offset {offset}: 0xff); "
+                       "save the file as UTF-8")
+
+
+def test_patch_yaml_alias_bomb_is_refused(sample: Sample) -> None:
+    path = sample.patchsets / "v0.1.0" / "double_output" / "patch.yaml"
+    bomb = ["x0: &x0 [a, a, a, a, a, a, a, a, a, a]"]
+    bomb += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path.write_text("\n".join(bomb) + "\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_error(sample).startswith(f"{PATCH}:1: refused: its aliases expand to more than 100000 values")
