@@ -34,13 +34,13 @@ def count_parameters(params: Mapping[str, Any]) -> int:
     from primus_runtime.model.config_map import transformer_config
 
     config = transformer_config(params, **_WHOLE_MODEL_ON_META)
-    with _world_of_one(), torch.device("meta"):
+    with world_of_one(), torch.device("meta"):
         model = build_gpt_model(params, config, use_te=False)
         return sum(p.numel() for p in model.parameters())
 
 
 @contextlib.contextmanager
-def _world_of_one() -> Iterator[None]:
+def world_of_one() -> Iterator[None]:
     """A gloo world of one process with megatron's parallel state, unless the caller has them.
 
     Whatever this sets up it tears down again; an existing world is used only if every parallel
