@@ -25,7 +25,7 @@ __all__ = ["MAX_EXPANDED_NODES", "LocatedDict", "load_text", "load_yaml"]
 MAX_EXPANDED_NODES = 100_000
 
 
-class LocatedDict(dict):  # type: ignore[type-arg]  # keys and values are whatever the YAML holds
+class LocatedDict(dict[Any, Any]):
     """A mapping loaded from YAML, with the 1-based line of itself and of each key."""
 
     line: int

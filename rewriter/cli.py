@@ -12,15 +12,19 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rewriter.errors import PatchsetError, RewriterError, StaleError, UsageError
 from rewriter.flavors import FLAVORS
 from rewriter.ui import UI
 
+if TYPE_CHECKING:
+    from rewriter.build import Paths, Upstream
+
 BUG_EXIT = 123
 
 
-def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _paths(args: argparse.Namespace) -> Paths:
     from rewriter.build import Paths
     from rewriter.upstream import default_cache_dir
 
@@ -33,7 +37,7 @@ def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _upstream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _upstream(args: argparse.Namespace) -> Upstream:
     from rewriter.build import Upstream
 
     if args.upstream_release and (args.upstream or args.upstream_repo):

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from rewriter import __version__
 from rewriter.errors import ApplyError, DriftError
@@ -116,7 +117,7 @@ class EditCache:
         assert self.root is not None
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict | None:  # type: ignore[type-arg]
+    def get(self, key: str) -> dict[str, Any] | None:
         if self.root is None:
             return None
         try:
@@ -124,7 +125,7 @@ class EditCache:
         except (OSError, ValueError):
             return None
 
-    def put(self, key: str, value: dict) -> None:  # type: ignore[type-arg]
+    def put(self, key: str, value: dict[str, Any]) -> None:
         if self.root is None:
             return
         path = self._path(key)
@@ -233,6 +234,7 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
         if edit.op in NEW_FILE_OPS and created_by_series:
             report = _report(patch, i, edit, Status.PRESENT.value, 1)
         elif edit.op in NEW_FILE_OPS:
+            new_text: str | None
             if edit.op == "add_module":
                 status, new_text, message = add_module(edit, text)
             else:
@@ -297,10 +299,10 @@ def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
     )
 
 
-def _outcome_to_json(outcome: FileOutcome) -> dict:  # type: ignore[type-arg]
+def _outcome_to_json(outcome: FileOutcome) -> dict[str, Any]:
     return {"steps": outcome.steps, "reports": [asdict(r) for r in outcome.reports]}
 
 
-def _outcome_from_json(path: str, upstream: str | None, data: dict) -> FileOutcome:  # type: ignore[type-arg]
+def _outcome_from_json(path: str, upstream: str | None, data: dict[str, Any]) -> FileOutcome:
     reports = [EditReport(**{**r, "candidates": tuple(r["candidates"])}) for r in data["reports"]]
-    return FileOutcome(path=path, upstream=upstream, steps=[tuple(s) for s in data["steps"]], reports=reports)  # type: ignore[misc]
+    return FileOutcome(path=path, upstream=upstream, steps=[tuple(s) for s in data["steps"]], reports=reports)

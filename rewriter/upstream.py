@@ -25,9 +25,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rewriter.errors import UpstreamError
 from rewriter.yamlio import load_yaml
+
+if TYPE_CHECKING:
+    import git
 
 SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
 IMPORT_DATE = "2000-01-01T00:00:00+00:00"  # fixed, so the imported repository is reproducible
@@ -212,11 +216,11 @@ def _git_failure(exc: Exception) -> str:
     return "; ".join(lines) or f"{' '.join(map(str, getattr(exc, 'command', [])))} exited with {getattr(exc, 'status', '?')}"
 
 
-def _rev_parse(repo: object, sha: str) -> str | None:
+def _rev_parse(repo: git.Repo, sha: str) -> str | None:
     import git
 
     try:
-        out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")  # type: ignore[attr-defined]
+        out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")
     except git.GitCommandError as exc:
         if "ambiguous" in (exc.stderr or ""):
             raise UpstreamError(f"sha prefix {sha!r} is ambiguous; give more digits") from exc

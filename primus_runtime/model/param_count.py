@@ -18,7 +18,7 @@ from typing import Any
 from primus_runtime.errors import PrimusRuntimeError
 
 #: the single-process, meta-device build: one rank holds everything and nothing is initialised
-_WHOLE_MODEL_ON_META = dict(
+_WHOLE_MODEL_ON_META: dict[str, Any] = dict(
     tensor_model_parallel_size=1, pipeline_model_parallel_size=1, expert_model_parallel_size=1,
     expert_tensor_parallel_size=None, context_parallel_size=1, num_layers_per_virtual_pipeline_stage=None,
     sequence_parallel=False, moe_grouped_gemm=False, use_cpu_initialization=True, perform_initialization=False,

@@ -388,7 +388,8 @@ def _render_code(
         else:
             text = env.from_string(node["code"]).render(context)
     except jinja2.TemplateNotFound as exc:
-        raise PatchsetError(f"{loc}: missing template {exc.name!r} (looked in {env.loader.searchpath[0]})") from exc  # type: ignore[union-attr]
+        folder = env.loader.searchpath[0] if isinstance(env.loader, jinja2.FileSystemLoader) else "the patch folder"
+        raise PatchsetError(f"{loc}: missing template {exc.name!r} (looked in {folder})") from exc
     except jinja2.TemplateSyntaxError as exc:
         raise PatchsetError(f"{loc}: template {exc.name or 'code'}:{exc.lineno}: {exc.message}") from exc
     except jinja2.UndefinedError as exc:

@@ -109,7 +109,7 @@ def check_mapping(
             raise PatchsetError(
                 f"{where(origin, node, key)}: key {key!r} must be {names}, got {type(value).__name__} ({value!r})"
             )
-    return node  # type: ignore[return-value]
+    return node if isinstance(node, LocatedDict) else LocatedDict(node)
 
 
 def check_choice(origin: str, node: LocatedDict, key: str, choices: tuple[str, ...]) -> None:
@@ -136,7 +136,7 @@ def check_flag_value(origin: str, node: LocatedDict, key: str, value: Any, flag_
         raise PatchsetError(f"{where(origin, node, key)}: {what} is not of its declared type {flag_type}")
     if flag_type.startswith("list["):
         inner = int if flag_type == "list[int]" else str
-        if not all(isinstance(x, inner) and not isinstance(x, bool) for x in value):
+        if not isinstance(value, list) or not all(isinstance(x, inner) and not isinstance(x, bool) for x in value):
             raise PatchsetError(f"{where(origin, node, key)}: {what} is not a {flag_type}")
     choices = node.get("choices")
     if choices and value not in choices:
