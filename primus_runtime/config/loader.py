@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from primus_runtime.config.registry import FILE_NAME, DocumentedFlag, load_registry
 from primus_runtime.config.schema import Origin, Schema
-from primus_runtime.config.substitute import expand_tree
+from primus_runtime.config.substitute import expand_tree, read_value
 from primus_runtime.errors import ConfigError
 from primus_yaml import LocatedDict, load_yaml
 
@@ -223,10 +221,7 @@ def _cli_value(schema: Schema, key: str, text: str) -> Any:
     option = schema.options.get(key)
     if option is not None and option.types == ("str",) and text != "null":
         return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"command line: --{key}: cannot read {text!r}: {exc}") from None
+    return read_value(text)
 
 
 def _text(value: Any, where: str, key: str) -> str:

@@ -46,13 +46,19 @@ def expand(text: str, env: Mapping[str, str]) -> Any:
     whole = _REFERENCE.fullmatch(text)
     expanded = _REFERENCE.sub(replace, text)
     if whole is not None and whole.group(0) != "$${":
-        if not expanded.strip():
-            return None
-        try:
-            return load_text(expanded, "value", _NotYaml)
-        except _NotYaml:
-            return expanded
+        return read_value(expanded)
     return expanded
+
+
+def read_value(text: str) -> Any:
+    """One value given as text (an expanded variable, a command-line value): its YAML reading,
+    or the text itself where it does not read as YAML; empty text is null."""
+    if not text.strip():
+        return None
+    try:
+        return load_text(text, "value", _NotYaml)
+    except _NotYaml:
+        return text
 
 
 def expand_tree(value: Any, env: Mapping[str, str], where: str, line: int) -> Any:

@@ -194,6 +194,12 @@ def test_cli_values_are_typed(tmp_path: Path, root: Path) -> None:
     assert exp.exp_name == "cli"
 
 
+def test_cli_values_that_are_not_yaml_are_one_line_type_errors(tmp_path: Path, root: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(experiment(tmp_path), ["--micro_batch_size", "[1, "], env={}, root=root)
+    assert str(info.value) == "command line: --micro_batch_size: micro_batch_size expects int, got str '[1, '"
+
+
 def test_resolve_model(root: Path) -> None:
     params = resolve_model("family_1B", env={}, root=root)
     assert (params["hidden_size"], params["num_layers"], params["lr"]) == (128, 4, 1.0e-4)
