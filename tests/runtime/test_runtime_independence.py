@@ -75,3 +75,27 @@ def test_runtime_distribution_declares_no_compiler_dependency() -> None:
              for dep in project["project"]["dependencies"]}
     assert names.isdisjoint({"libcst", "gitpython", "jinja2", "setuptools", "pybind11", "wheel"}), names
     assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["primus_runtime*", "primus_yaml*"]
+
+
+@pytest.mark.slow
+def test_runtime_wheel_ships_the_runtime_alone(tmp_path: Path) -> None:
+    """The primus-runtime wheel holds primus_runtime and primus_yaml, and requires nothing of the compiler."""
+    import shutil
+    import zipfile
+
+    tree = tmp_path / "tree"  # a copy, so the in-tree build leaves nothing in the checkout
+    for name in ("primus_runtime", "primus_yaml", "primus-runtime"):
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "out"), str(tree / "primus-runtime")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "out").glob("primus_runtime-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert packages == {"primus_runtime", "primus_yaml"}
+    assert "primus_runtime/config/registry.py" in names
+    required = [line.split(":", 1)[1].strip().lower() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert required and not any(r.startswith(("libcst", "gitpython", "jinja2", "setuptools", "pybind11"))
+                                for r in required), required
