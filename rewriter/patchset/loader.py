@@ -121,9 +121,9 @@ def _load_version(
             if flag.name in seen_flags:
                 raise PatchsetError(
                     f"{_rel(root, patch_dir / 'patch.yaml')}: flag {flag.name!r} is already declared by "
-                    f"patch {seen_flags[flag.name][0]!r}"
+                    f"{seen_flags[flag.name][0]}"
                 )
-            seen_flags[flag.name] = (patch.id, flag)
+            seen_flags[flag.name] = (f"patch {patch.id!r}", flag)
         patches.append(patch)
     planned = []
     for node in series.get("planned_flags", []):
@@ -131,9 +131,9 @@ def _load_version(
         if flag.name in seen_flags:
             raise PatchsetError(
                 f"{where(origin, node, 'name')}: planned flag {flag.name!r} is already declared by "
-                f"patch {seen_flags[flag.name][0]!r}"
+                f"{seen_flags[flag.name][0]}"
             )
-        seen_flags[flag.name] = (f"{folder.name} planned_flags", flag)
+        seen_flags[flag.name] = (f"planned_flags of {folder.name}", flag)
         planned.append(flag)
     return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches),
                            planned_flags=tuple(planned))
@@ -214,9 +214,9 @@ def _load_flag(origin: str, node: Any, version: str, implemented_in: str | None)
     check_choice(origin, node, "type", tuple(FLAG_TYPES))
     check_choice(origin, node, "table", ("module", "model"))
     check_choice(origin, node, "origin", ("primus", "upstream"))
-    if planned:
+    if implemented_in is None:
         check_choice(origin, node, "implemented_in", ("core", "runtime"))
-        implemented_in = node["implemented_in"]
+        implemented_in = str(node["implemented_in"])
     if not IDENT_RE.match(node["name"]):
         raise PatchsetError(f"{where(origin, node, 'name')}: flag name {node['name']!r} must be a lower-case identifier")
     if node["version"] != version:
@@ -226,42 +226,9 @@ def _load_flag(origin: str, node: Any, version: str, implemented_in: str | None)
         )
     nullable = bool(node.get("nullable", False))
     flag_type = node["type"]
-    check_flag_value(origin, node, "default", node["default"], flag_type, nullable)
-    if "primus_default" in node:
-        check_flag_value(origin, node, "primus_default", node["primus_default"], flag_type, nullable)
-        if node["primus_default"] == node["default"]:
-            raise PatchsetError(
-                f"{where(origin, node, 'primus_default')}: primus_default equals default; declare it only "
-                "where Primus's configs differ from the megatron-core default"
-            )
-    for value in node.get("upstream_values", []):
-        check_flag_value(origin, node, "upstream_values", value, flag_type, nullable)
+    _check_values(origin, node, flag_type, nullable)
     since = node.get("upstream_since")
-    if since is not None:
-        try:
-            Version(since)
-        except InvalidVersion:
-            raise PatchsetError(
-                f"{where(origin, node, 'upstream_since')}: upstream_since names a megatron-core release "
-                f"such as \"0.11.0\", got {since!r}"
-            ) from None
-    runtime_module = node.get("runtime_module")
-    if implemented_in == "runtime" and not planned and runtime_module is None:
-        raise PatchsetError(
-            f"{where(origin, node)}: flag {node['name']!r} of a runtime patch needs 'runtime_module', "
-            "the primus_runtime module that implements it"
-        )
-    if runtime_module is not None:
-        if implemented_in != "runtime":
-            raise PatchsetError(
-                f"{where(origin, node, 'runtime_module')}: runtime_module is for flags of runtime patches; "
-                "megatron-core implements this one"
-            )
-        if not RUNTIME_MODULE_RE.match(runtime_module):
-            raise PatchsetError(
-                f"{where(origin, node, 'runtime_module')}: runtime_module names a module of primus_runtime, "
-                f"such as primus_runtime.trainer.trackers, got {runtime_module!r}"
-            )
+    runtime_module = _runtime_module(origin, node, implemented_in, planned)
     return Flag(
         name=node["name"],
         type=flag_type,
@@ -281,6 +248,53 @@ def _load_flag(origin: str, node: Any, version: str, implemented_in: str | None)
         runtime_module=runtime_module,
         implemented=not planned,
     )
+
+
+def _check_values(origin: str, node: LocatedDict, flag_type: str, nullable: bool) -> None:
+    """``default``, ``primus_default`` and ``upstream_values`` have the flag's type (and choices);
+    a ``primus_default`` differs from ``default``; ``upstream_since`` is a release."""
+    check_flag_value(origin, node, "default", node["default"], flag_type, nullable)
+    if "primus_default" in node:
+        check_flag_value(origin, node, "primus_default", node["primus_default"], flag_type, nullable)
+        if node["primus_default"] == node["default"]:
+            raise PatchsetError(
+                f"{where(origin, node, 'primus_default')}: primus_default equals default; declare it only "
+                "where Primus's configs differ from the megatron-core default"
+            )
+    for value in node.get("upstream_values", []):
+        check_flag_value(origin, node, "upstream_values", value, flag_type, nullable)
+    since = node.get("upstream_since")
+    if since is not None:
+        try:
+            Version(since)
+        except InvalidVersion:
+            raise PatchsetError(
+                f"{where(origin, node, 'upstream_since')}: upstream_since names a megatron-core release "
+                f"such as \"0.11.0\", got {since!r}"
+            ) from None
+
+
+def _runtime_module(origin: str, node: LocatedDict, implemented_in: str, planned: bool) -> str | None:
+    """The module implementing a runtime patch's flag: required there, refused for core flags."""
+    runtime_module: str | None = node.get("runtime_module")
+    if implemented_in == "runtime" and not planned and runtime_module is None:
+        raise PatchsetError(
+            f"{where(origin, node)}: flag {node['name']!r} of a runtime patch needs 'runtime_module', "
+            "the primus_runtime module that implements it"
+        )
+    if runtime_module is None:
+        return None
+    if implemented_in != "runtime":
+        raise PatchsetError(
+            f"{where(origin, node, 'runtime_module')}: runtime_module is for flags of runtime patches; "
+            "megatron-core implements this one"
+        )
+    if not RUNTIME_MODULE_RE.match(runtime_module):
+        raise PatchsetError(
+            f"{where(origin, node, 'runtime_module')}: runtime_module names a module of primus_runtime, "
+            f"such as primus_runtime.trainer.trackers, got {runtime_module!r}"
+        )
+    return runtime_module
 
 
 def _load_edit(
