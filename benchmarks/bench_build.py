@@ -39,7 +39,7 @@ def cli(*args: str, cache: Path | None) -> float:
     return time.perf_counter() - start
 
 
-def best(repeat: int, fn) -> float:  # type: ignore[no-untyped-def]
+def best(repeat: int, fn) -> float:
     return min(fn() for _ in range(repeat))
 
 

@@ -77,7 +77,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def train(label: str, tree: str, gpus: int, overrides: list[str], out: Path, index: int) -> dict:  # type: ignore[type-arg]
+def train(label: str, tree: str, gpus: int, overrides: list[str], out: Path, index: int) -> dict:
     name = f"run{index}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORK / tree), str(REPO)]), "PYTHONUNBUFFERED": "1",
            "PRIMUS_EXP_NAME": name, "PRIMUS_WORKSPACE": str(out), "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}

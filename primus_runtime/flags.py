@@ -1,14 +1,16 @@
 """Check the configured Primus flags against the installed megatron-core, before any heavy work.
 
-A flag at its documented default asks for upstream behaviour and always fits. A flag set to
-anything else needs:
+The flags and their facts come from the registry (``configs/flags.yaml``, generated from the
+patchsets: :mod:`primus_runtime.config.registry`). A flag at its Primus default, or at a value at
+which upstream already behaves as the flag says (megatron-core's own default, or a declared
+upstream value), asks nothing of megatron-core and always fits. A flag set to anything else needs:
 
 * a primus-rewriter build of megatron-core (an unpatched one has no Primus flag; the only
   exceptions are flags upstream itself has had, with the same meaning, since ``upstream_since``);
 * whose patchset version is at least the flag's version (``+primus.v0.1.0`` has no v0.2.0 flag);
 * whose manifest lists the flag (a documented flag the patchsets do not implement yet is not in
   it);
-* and, for a trainer flag, a primus_runtime that implements it.
+* and, for a trainer flag, a primus_runtime module that implements it.
 
 Every problem is reported at once, each naming the flag, its value and where it was set.
 """
@@ -16,53 +18,17 @@ Every problem is reported at once, each naming the flag, its value and where it 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from packaging.version import Version
 
+from primus_runtime.config.registry import DocumentedFlag
+from primus_runtime.config.registry import load_registry as load_documented
 from primus_runtime.config.schema import Origin
-from primus_runtime.errors import ConfigError, FlagError
+from primus_runtime.errors import FlagError
 from primus_runtime.wheel_info import WheelInfo
-from rewriter.yamlio import LocatedDict, load_yaml
 
-SCOPES = ("core", "trainer")
-
-# Trainer-scope flags the training loop implements (primus_runtime/trainer/); the others are
-# refused when set.
-TRAINER_IMPLEMENTED: frozenset[str] = frozenset({
-    "disable_tensorboard", "disable_wandb", "disable_mlflow", "disable_compile_dependencies",
-    "auto_continue_train", "disable_last_saving", "pp_warmup", "disable_profiler_activity_cpu",
-    "use_rocm_mem_info", "use_rocm_mem_info_iters",
-})
-
-
-@dataclass(frozen=True)
-class DocumentedFlag:
-    name: str
-    default: Any
-    version: str
-    scope: str
-    upstream_since: str | None
-
-
-def load_documented(path: Path) -> dict[str, DocumentedFlag]:
-    """``configs/flags.yaml``: every flag of the patch notes with its default, version and scope."""
-    data = load_yaml(path, error=ConfigError)
-    if not isinstance(data, LocatedDict) or not isinstance(data.get("flags"), LocatedDict):
-        raise ConfigError(f"{path}:1: expected a mapping `flags:` of flag name to its description")
-    flags = {}
-    for name, spec in data["flags"].items():
-        where = f"{path}:{data['flags'].line_of(name)}"
-        if not isinstance(spec, dict) or not {"default", "version", "scope"} <= set(spec):
-            raise ConfigError(f"{where}: {name} needs default, version and scope")
-        if spec["scope"] not in SCOPES:
-            raise ConfigError(f"{where}: scope of {name} must be one of {', '.join(SCOPES)}")
-        since = spec.get("upstream_since")
-        flags[name] = DocumentedFlag(name, spec["default"], str(spec["version"]), spec["scope"],
-                                     None if since is None else str(since))
-    return flags
+__all__ = ["DocumentedFlag", "check", "load_documented", "problems"]
 
 
 def _version_key(version: str) -> Version:
@@ -70,12 +36,12 @@ def _version_key(version: str) -> Version:
 
 
 def problems(params: Mapping[str, Any], origins: Mapping[str, Origin], flags: Mapping[str, DocumentedFlag],
-             wheel: WheelInfo, trainer_implemented: frozenset[str] = TRAINER_IMPLEMENTED) -> list[str]:
+             wheel: WheelInfo) -> list[str]:
     """What does not fit, one sentence per configured flag; empty when everything does."""
     found = []
     for name, flag in flags.items():
         value = params.get(name, flag.default)
-        if value == flag.default:
+        if value == flag.default or value in flag.upstream_values:
             continue
         said = f"{name}={value!r} ({origins[name]})" if name in origins else f"{name}={value!r}"
         if not wheel.patched:
@@ -94,7 +60,7 @@ def problems(params: Mapping[str, Any], origins: Mapping[str, Origin], flags: Ma
             found.append(f"{said}: the installed megatron-core {wheel.version} does not implement this "
                          f"{flag.version} flag (it is documented, but no patch of patchset {wheel_version} "
                          f"declares it)")
-        elif flag.scope == "trainer" and name not in trainer_implemented:
+        elif flag.scope == "trainer" and flag.runtime_module is None:
             found.append(f"{said}: primus_runtime's trainer does not implement this flag")
     return found
 

@@ -3,6 +3,56 @@
 Data flow: :mod:`rewriter.upstream` (pinned source) + :mod:`rewriter.patchset` (YAML and
 templates) → :mod:`rewriter.engine` (libcst operations in :mod:`rewriter.ops`) →
 :mod:`rewriter.emit` (staging tree, wheel, diffs, manifest, docs).
+
+The names in ``__all__`` are the public API, for tests, benchmarks and other tools; anything else
+(and every underscore name) may change without notice. They are imported on first use, so
+``import rewriter`` stays cheap and loading patchsets never imports libcst.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rewriter.build import Applied, Paths, Upstream, apply_patchsets, build, stage_version
+    from rewriter.cli import main
+    from rewriter.emit.docs import render_patch_notes
+    from rewriter.emit.manifest import build_manifest
+    from rewriter.engine import SeriesResult, apply_series
+    from rewriter.errors import ApplyError, DriftError, PatchsetError, RewriterError, UpstreamError
+    from rewriter.patchset.loader import load_patchsets
+    from rewriter.patchset.model import Edit, Flag, Patch, Patchsets, PatchsetVersion
+    from rewriter.ui import UI
+    from rewriter.upstream import Pin, UpstreamTree, default_cache_dir, load_pin, resolve, resolve_release
+
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("Applied", "Paths", "Upstream", "apply_patchsets", "build", "stage_version"), "rewriter.build"),
+    "main": "rewriter.cli",
+    "render_patch_notes": "rewriter.emit.docs",
+    "build_manifest": "rewriter.emit.manifest",
+    **dict.fromkeys(("SeriesResult", "apply_series"), "rewriter.engine"),
+    **dict.fromkeys(("ApplyError", "DriftError", "PatchsetError", "RewriterError", "UpstreamError"), "rewriter.errors"),
+    "load_patchsets": "rewriter.patchset.loader",
+    **dict.fromkeys(("Edit", "Flag", "Patch", "Patchsets", "PatchsetVersion"), "rewriter.patchset.model"),
+    "UI": "rewriter.ui",
+    **dict.fromkeys(("Pin", "UpstreamTree", "default_cache_dir", "load_pin", "resolve", "resolve_release"),
+                    "rewriter.upstream"),
+}
+
+__all__ = [
+    "Applied", "ApplyError", "DriftError", "Edit", "Flag", "Patch", "PatchsetError", "PatchsetVersion", "Patchsets",
+    "Paths", "Pin", "RewriterError", "SeriesResult", "UI", "Upstream", "UpstreamError", "UpstreamTree",
+    "apply_patchsets", "apply_series", "build", "build_manifest", "default_cache_dir", "load_patchsets", "load_pin",
+    "main", "render_patch_notes", "resolve", "resolve_release", "stage_version",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rewriter' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

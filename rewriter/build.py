@@ -200,7 +200,7 @@ def _write_diffs(applied: Applied, out: Path) -> None:
         for patch in version.patches:
             number += 1
             changes = applied.result.patch_changes(patch.id)
-            (vdir / f"{number:03d}-{patch.id}.diff").write_text(unified_diff(changes), encoding="utf-8")  # type: ignore[arg-type]
+            (vdir / f"{number:03d}-{patch.id}.diff").write_text(unified_diff(changes), encoding="utf-8")
         versions_dir = out / "diffs" / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
         name = version.version

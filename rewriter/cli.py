@@ -14,15 +14,19 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rewriter.errors import PatchsetError, RewriterError, StaleError, UsageError
 from rewriter.flavors import FLAVORS
 from rewriter.ui import UI
 
+if TYPE_CHECKING:
+    from rewriter.build import Paths, Upstream
+
 BUG_EXIT = 123
 
 
-def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _paths(args: argparse.Namespace) -> Paths:
     from rewriter.build import Paths
     from rewriter.upstream import default_cache_dir
 
@@ -35,7 +39,7 @@ def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _upstream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _upstream(args: argparse.Namespace) -> Upstream:
     from rewriter.build import Upstream
 
     if args.upstream_release and (args.upstream or args.upstream_repo):
@@ -87,14 +91,17 @@ def cmd_check(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_docs(args: argparse.Namespace, ui: UI) -> int:
-    from rewriter.emit.docs import write_or_check
+    from rewriter.emit.docs import documents, stale, write
     from rewriter.patchset.loader import load_patchsets
 
-    target = Path(args.root) / "docs" / "patch-notes.md"
-    with ui.task("rendering patch notes"):
-        fresh = write_or_check(load_patchsets(_paths(args).patchsets), target, check=args.check)
-    if not fresh:
-        raise StaleError(f"{target} is stale: run `python -m rewriter docs` and commit the result")
+    with ui.task("rendering patch notes, the flag registry and the operations table"):
+        docs = documents(load_patchsets(_paths(args).patchsets), Path(args.root))
+        if not args.check:
+            write(docs)
+    old = stale(docs)
+    if old:
+        raise StaleError("; ".join(f"{path} is stale" for path in old)
+                         + ": run `python -m rewriter docs` and commit the result")
     return 0
 
 
@@ -139,8 +146,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("version")
     d.add_argument("--against", choices=("upstream", "previous"), default="previous")
     sub.add_parser("check", parents=[common, upstream], help="validate patchsets and anchors, build nothing")
-    docs = sub.add_parser("docs", parents=[common], help="render docs/patch-notes.md from the patchsets")
-    docs.add_argument("--check", action="store_true", help="fail if the committed patch notes are stale")
+    docs = sub.add_parser("docs", parents=[common], help="render docs/patch-notes.md, configs/flags.yaml and the operations table")
+    docs.add_argument("--check", action="store_true", help="fail if any of them is stale")
     return p
 
 

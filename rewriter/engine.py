@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from rewriter.cache import JsonCache, cache_key
 from rewriter.errors import ApplyError, DriftError
@@ -182,6 +183,7 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
         if edit.op in NEW_FILE_OPS and created_by_series:
             report = _report(patch, i, edit, Status.PRESENT.value, 1)
         elif edit.op in NEW_FILE_OPS:
+            new_text: str | None
             if edit.op == "add_module":
                 status, new_text, message = add_module(edit, text)
             else:
@@ -246,10 +248,10 @@ def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
     )
 
 
-def _outcome_to_json(outcome: FileOutcome) -> dict:  # type: ignore[type-arg]
+def _outcome_to_json(outcome: FileOutcome) -> dict[str, Any]:
     return {"steps": outcome.steps, "reports": [asdict(r) for r in outcome.reports]}
 
 
-def _outcome_from_json(path: str, upstream: str | None, data: dict) -> FileOutcome:  # type: ignore[type-arg]
+def _outcome_from_json(path: str, upstream: str | None, data: dict[str, Any]) -> FileOutcome:
     reports = [EditReport(**{**r, "candidates": tuple(r["candidates"])}) for r in data["reports"]]
-    return FileOutcome(path=path, upstream=upstream, steps=[tuple(s) for s in data["steps"]], reports=reports)  # type: ignore[misc]
+    return FileOutcome(path=path, upstream=upstream, steps=[tuple(s) for s in data["steps"]], reports=reports)

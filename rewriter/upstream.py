@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rewriter.cache import discard, sha256_file
 from rewriter.errors import UpstreamError
@@ -31,6 +32,9 @@ from rewriter.lock import folder_lock
 from rewriter.sdist import fetch_sdist
 from rewriter.stale import clean_stale, owned_prefix
 from rewriter.yamlio import load_yaml
+
+if TYPE_CHECKING:
+    import git
 
 SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
 IMPORT_DATE = "2000-01-01T00:00:00+00:00"  # fixed, so the imported repository is reproducible
@@ -224,7 +228,7 @@ def _git_failure(exc: Exception) -> str:
     return "; ".join(lines) or f"{' '.join(map(str, getattr(exc, 'command', [])))} exited with {getattr(exc, 'status', '?')}"
 
 
-def _find_commit(repo: object, sha: str, url: str) -> str | None:
+def _find_commit(repo: git.Repo, sha: str, url: str) -> str | None:
     """The full sha of the commit ``sha`` names in ``repo``, ``None`` if none does.
 
     A prefix that names several commits is an error listing them (fetching cannot make it
@@ -234,11 +238,11 @@ def _find_commit(repo: object, sha: str, url: str) -> str | None:
 
     if len(sha) == 40:
         try:
-            out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")  # type: ignore[attr-defined]
+            out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")
         except git.GitCommandError:
             return None
         return str(out).strip() or None
-    listed = repo.git.rev_list("--all")  # type: ignore[attr-defined]
+    listed = repo.git.rev_list("--all")
     matches = sorted({line for line in str(listed).split() if line.startswith(sha)})
     if len(matches) > 1:
         shown = ", ".join(m[:12] for m in matches[:10]) + (", ..." if len(matches) > 10 else "")

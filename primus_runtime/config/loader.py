@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from primus_runtime.config.registry import FILE_NAME, DocumentedFlag, load_registry
 from primus_runtime.config.schema import Origin, Schema
-from primus_runtime.config.substitute import expand_tree
+from primus_runtime.config.substitute import expand_tree, read_value
 from primus_runtime.errors import ConfigError
-from rewriter.yamlio import LocatedDict, load_yaml
+from primus_yaml import LocatedDict, load_yaml
 
 CONFIG_ROOT_ENV = "PRIMUS_CONFIG_ROOT"
 MODULE = "pre_trainer"
@@ -129,20 +128,38 @@ def load_chain(path: Path, layer: str, dirs: Sequence[Path], env: Mapping[str, s
     return result
 
 
+def load_flag_defaults(root: Path) -> tuple[dict[str, DocumentedFlag], Layered]:
+    """The flag registry (``<root>/flags.yaml``, generated from the patchsets) and its defaults as
+    a layer; a config root without a registry has no Primus flags."""
+    path = root / FILE_NAME
+    layer = Layered()
+    if not path.is_file():
+        return {}, layer
+    flags = load_registry(path)
+    display = _display(path)
+    for name, flag in flags.items():
+        layer.set(name, flag.default, Origin(display, flag.line, "default"))
+    return flags, layer
+
+
 def load_schema(root: Path, env: Mapping[str, str]) -> tuple[Schema, Layered]:
-    """The schema and the defaults layer, from the shipped default files."""
+    """The schema and the defaults layer, from the shipped default files and the flag registry."""
     module = load_chain(root / "modules" / f"{MODULE}.yaml", "default", module_dirs(root), env)
+    flags, flag_defaults = load_flag_defaults(root)
     model = load_chain(root / "models" / "megatron" / "language_model.yaml", "default", model_dirs(root), env)
-    both = sorted(set(module.values) & set(model.values))
-    if both:
-        raise ConfigError(
-            f"{model.origins[both[0]]}: {both[0]!r} has a default in both the module and the model defaults "
-            f"({module.origins[both[0]]}); keep one"
-        )
+    layers = (module, flag_defaults, model)
+    for i, first in enumerate(layers):
+        for second in layers[i + 1:]:
+            both = sorted(set(first.values) & set(second.values))
+            if both:
+                raise ConfigError(
+                    f"{second.origins[both[0]]}: {both[0]!r} also has a default at {first.origins[both[0]]}; "
+                    f"keep one (a Primus flag's default is its patch's, in {FILE_NAME})"
+                )
     defaults = Layered()
-    defaults.update(module)
-    defaults.update(model)
-    return Schema(defaults.values, defaults.origins), defaults
+    for layer in layers:
+        defaults.update(layer)
+    return Schema(defaults.values, defaults.origins, flags), defaults
 
 
 def _apply(target: Layered, layer: Layered, schema: Schema) -> None:
@@ -204,10 +221,7 @@ def _cli_value(schema: Schema, key: str, text: str) -> Any:
     option = schema.options.get(key)
     if option is not None and option.types == ("str",) and text != "null":
         return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"command line: --{key}: cannot read {text!r}: {exc}") from None
+    return read_value(text)
 
 
 def _text(value: Any, where: str, key: str) -> str:

@@ -1,11 +1,12 @@
 """Which keys a config may set, and of which type.
 
 The shipped default files are the schema: ``configs/modules/pre_trainer.yaml`` (with its bases)
-names every trainer option and Primus flag, ``configs/models/megatron/language_model.yaml``
-every architecture key; a key's type is its default's type. Keys whose default is ``null`` get
-their type from ``NULLABLE`` in :mod:`primus_runtime.config.trainer_types` or
-:mod:`primus_runtime.model.arch_types`, and enumerated strings their choices from ``CHOICES``
-there. Anything else is an unknown key, reported with the nearest valid name.
+names every trainer option, ``configs/flags.yaml`` (the flag registry) every Primus flag,
+``configs/models/megatron/language_model.yaml`` every architecture key; a key's type is its
+default's type. Keys whose default is ``null`` get their type from ``NULLABLE`` in
+:mod:`primus_runtime.config.trainer_types` or :mod:`primus_runtime.model.arch_types` (flags: from
+the registry), and enumerated strings their choices from ``CHOICES`` there (flags: the registry's
+``choices``). Anything else is an unknown key, reported with the nearest valid name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from primus_runtime.config import trainer_types
+from primus_runtime.config.registry import DocumentedFlag, schema_type
 from primus_runtime.errors import ConfigError
 from primus_runtime.model import arch_types
 
@@ -42,7 +44,7 @@ class Option:
     types: tuple[str, ...]
     default: Any
     nullable: bool
-    choices: tuple[str, ...] | None
+    choices: tuple[Any, ...] | None
     origin: Origin
 
     @property
@@ -63,9 +65,13 @@ def _type_of(value: Any) -> str:
 class Schema:
     """The valid keys with their types; checks and normalises one value at a time."""
 
-    def __init__(self, defaults: Mapping[str, Any], origins: Mapping[str, Origin]) -> None:
-        declared = {**trainer_types.NULLABLE, **arch_types.NULLABLE}
-        choices = {**trainer_types.CHOICES, **arch_types.CHOICES}
+    def __init__(self, defaults: Mapping[str, Any], origins: Mapping[str, Origin],
+                 flags: Mapping[str, DocumentedFlag] | None = None) -> None:
+        flags = flags or {}
+        declared = {**trainer_types.NULLABLE, **arch_types.NULLABLE,
+                    **{name: schema_type(f.type) for name, f in flags.items() if f.nullable}}
+        choices: dict[str, tuple[Any, ...]] = {**trainer_types.CHOICES, **arch_types.CHOICES,
+                                               **{name: f.choices for name, f in flags.items() if f.choices}}
         self.options: dict[str, Option] = {}
         for name, default in defaults.items():
             if default is None and name not in declared:

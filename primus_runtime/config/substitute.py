@@ -1,8 +1,9 @@
 """``${VAR}`` and ``${VAR:default}`` in config values, as Primus experiment files use them.
 
 A value that is exactly one reference (``train_iters: ${ITERS:50}``) takes the YAML type of what
-it expands to, so ``50`` is an int; a reference inside a longer string (``out/${USER:me}``)
-expands as text. ``$${`` writes a literal ``${``.
+it expands to, so ``50`` is an int; a value that does not read as YAML (``*nightly``, ``@alice``,
+``[1,``) stays the text it is. A reference inside a longer string (``out/${USER:me}``) expands as
+text. ``$${`` writes a literal ``${``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from primus_runtime.errors import ConfigError
-from rewriter.yamlio import LocatedDict
+from primus_yaml import LocatedDict, load_text
 
 _REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+class _NotYaml(ValueError):
+    """The expanded text does not read as YAML (or expands past the alias cap): keep it as text."""
 
 
 class UndefinedVariable(LookupError):
@@ -43,8 +46,19 @@ def expand(text: str, env: Mapping[str, str]) -> Any:
     whole = _REFERENCE.fullmatch(text)
     expanded = _REFERENCE.sub(replace, text)
     if whole is not None and whole.group(0) != "$${":
-        return yaml.safe_load(expanded) if expanded.strip() else None
+        return read_value(expanded)
     return expanded
+
+
+def read_value(text: str) -> Any:
+    """One value given as text (an expanded variable, a command-line value): its YAML reading,
+    or the text itself where it does not read as YAML; empty text is null."""
+    if not text.strip():
+        return None
+    try:
+        return load_text(text, "value", _NotYaml)
+    except _NotYaml:
+        return text
 
 
 def expand_tree(value: Any, env: Mapping[str, str], where: str, line: int) -> Any:

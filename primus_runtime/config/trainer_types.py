@@ -1,7 +1,8 @@
 """Types of the trainer options whose default is ``null``, and choices of enumerated ones.
 
 Every other option's type is its default's type (configs/modules/pre_trainer.yaml). A type is
-one of bool, int, float, str, list, dict, or several joined by ``|``.
+one of bool, int, float, str, list, dict, or several joined by ``|``. Primus flags are not here:
+their types and choices come from the flag registry (configs/flags.yaml).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ NULLABLE: dict[str, str] = {
     "wandb_entity": "str",
     "mlflow_run_name": "str",
     "mlflow_experiment_name": "str",
-    "decoder_pipeline_manual_split_list": "list",
 }
 
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -49,5 +49,4 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "recompute_granularity": ("full", "selective"),
     "recompute_method": ("uniform", "block"),
     "ckpt_format": ("torch", "torch_dist"),
-    "moe_router_force_load_balancing_type": ("uniform", "even"),
 }

@@ -77,7 +77,7 @@ class EncodedChunk:
 
 
 @dataclass(frozen=True)
-class _Job:
+class EncodeJob:
     """What every worker needs to encode lines; sent once, to the pool initializer."""
 
     spec: TokenizerSpec
@@ -87,10 +87,10 @@ class _Job:
     dtype: type[np.number]
 
 
-_worker: tuple[_Job, Tokenizer] | None = None
+_worker: tuple[EncodeJob, Tokenizer] | None = None
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(job: EncodeJob) -> None:
     global _worker
     _worker = (job, job.spec.load())
 
@@ -100,7 +100,7 @@ def _encode_chunk(chunk: Chunk) -> EncodedChunk:
     return encode_lines(chunk, *_worker)
 
 
-def encode_lines(chunk: Chunk, job: _Job, tokenizer: Tokenizer) -> EncodedChunk:
+def encode_lines(chunk: Chunk, job: EncodeJob, tokenizer: Tokenizer) -> EncodedChunk:
     """Parse and tokenize one chunk; blank lines are skipped, anything else unusable raises."""
     flat: list[list[int]] = [[] for _ in job.keys]
     lengths: list[list[int]] = [[] for _ in job.keys]
@@ -119,7 +119,7 @@ def encode_lines(chunk: Chunk, job: _Job, tokenizer: Tokenizer) -> EncodedChunk:
                         [np.array(n, dtype=np.int64) for n in lengths])
 
 
-def _texts(raw: bytes, job: _Job, line_no: int) -> list[str]:
+def _texts(raw: bytes, job: EncodeJob, line_no: int) -> list[str]:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -197,7 +197,7 @@ def preprocess(args: argparse.Namespace, log: TextIO = sys.stderr) -> Totals:
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    job = _Job(spec, str(source), tuple(args.json_keys), args.append_eod, dtype)
+    job = EncodeJob(spec, str(source), tuple(args.json_keys), args.append_eod, dtype)
     finals = [Path(p) for p in output_prefixes(args.output_prefix, args.json_keys)]
     out_dir = finals[0].parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def preprocess(args: argparse.Namespace, log: TextIO = sys.stderr) -> Totals:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run(source: Path, job: _Job, args: argparse.Namespace, builders: list[Any], totals: Totals, log: TextIO) -> None:
+def _run(source: Path, job: EncodeJob, args: argparse.Namespace, builders: list[Any], totals: Totals, log: TextIO) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=source.stat().st_size, unit="B", unit_scale=True, unit_divisor=1000, file=log,

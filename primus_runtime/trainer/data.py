@@ -131,10 +131,11 @@ class ConsumedSamplesSampler:
             yield list(range(first, first + self.micro))
 
 
-def loader(dataset: Any, consumed: int, micro_batch: int, dp_rank: int, dp_size: int, workers: int) -> Iterator[Any]:
+def loader(dataset: Any, consumed: int, micro_batch: int, dp_rank: int, dp_size: int,
+           workers: int) -> Iterator[Any] | None:
     """An endless-enough iterator of microbatches (dicts of tensors) from ``consumed`` on; None without data."""
     if dataset is None:
-        return None  # type: ignore[return-value]
+        return None
     sampler = ConsumedSamplesSampler(len(dataset), consumed, micro_batch, dp_rank, dp_size)
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                             pin_memory=torch.cuda.is_available(),

@@ -219,7 +219,9 @@ def should_save(ckpt: Checkpointing, iteration: int, train_iters: int, final: bo
         return False
     if final:
         return True
-    return bool(ckpt.save_interval) and iteration % ckpt.save_interval == 0
+    if not ckpt.save_interval:
+        return False
+    return iteration % ckpt.save_interval == 0
 
 
 def memory_sample_due(params: Mapping[str, Any], log_index: int) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 
 
-def unified_diff(changes: dict[str, tuple[str | None, str | None]]) -> str:
+def unified_diff(changes: Mapping[str, tuple[str | None, str | None]]) -> str:
     """One diff text for ``path -> (before, after)``; ``None`` means the file does not exist."""
     out: list[str] = []
     for path in sorted(changes):

@@ -128,7 +128,7 @@ class CudaToShim(cst.CSTTransformer):
             alias.evaluated_alias or alias.evaluated_name
             for stmt in updated.body.body if isinstance(stmt, cst.SimpleStatementLine)
             for small in stmt.body if isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar)
-            for alias in small.names  # type: ignore[union-attr]
+            for alias in small.names
         ]
         handlers = []
         for handler in updated.handlers:

@@ -10,13 +10,14 @@ import difflib
 
 import libcst as cst
 
-from rewriter.ops.base import FileOp, OpResult, Status, node_code, same_code
+from rewriter.ops.base import FileOp, OpResult, Status, node_code, replace_in, same_code
 
 
 class _CallFinder(cst.CSTVisitor):
     def __init__(self, module: cst.Module, callee: str) -> None:
         super().__init__()
-        self.module, self.callee, self.calls = module, callee, []  # type: ignore[var-annotated]
+        self.module, self.callee = module, callee
+        self.calls: list[cst.Call] = []
         self.names: set[str] = set()
 
         self.depth = 0
@@ -111,4 +112,4 @@ class AddCallKwargOp(FileOp):
             return OpResult(Status.AMBIGUOUS, module, len(have), f"{keyword}= already passed at {len(have)} of {len(calls)} calls")
         extra = cst.Arg(value=cst.parse_expression(expr), star="**")
         new_target = target.visit(_KwargAdder(calls, extra))
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(calls))  # type: ignore[arg-type]
+        return OpResult(Status.APPLIED, replace_in(module, target, new_target), len(calls))

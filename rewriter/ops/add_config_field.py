@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import libcst as cst
 
-from rewriter.ops.base import FileOp, OpResult, Status, docstring_offset, is_marked, marked_statement, marker_comment
+from rewriter.ops.base import (
+    FileOp,
+    OpResult,
+    Status,
+    docstring_offset,
+    is_marked,
+    marked_statement,
+    marker_comment,
+    replace_in,
+)
 from rewriter.patchset.model import Flag
 
 _PY_TYPES = {"bool": "bool", "int": "int", "float": "float", "str": "str"}
@@ -79,7 +88,7 @@ class AddConfigFieldOp(FileOp):
         marker = cst.EmptyLine(comment=marker_comment(self.patch_id, (flag.name,)))
         body[at:at] = [first.with_changes(leading_lines=[marker]), *rest]
         new_target = target.with_changes(body=target.body.with_changes(body=body))
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), 1)  # type: ignore[arg-type]
+        return OpResult(Status.APPLIED, replace_in(module, target, new_target), 1)
 
 
 def _annotated_name(stmt: cst.BaseStatement) -> str | None:

@@ -12,7 +12,7 @@ import difflib
 import enum
 import textwrap
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -51,6 +51,21 @@ class Site:
     look: str  # "forward" (start/after) or "backward" (before/before_return/end)
 
 
+def replace_in(module: cst.Module, old: cst.CSTNode,
+               new: cst.CSTNode | cst.RemovalSentinel | cst.FlattenSentinel[cst.CSTNode]) -> cst.Module:
+    """``module`` with ``old`` replaced by ``new``, the result of visiting ``old`` with a transformer.
+
+    libcst types a visit's result and ``deep_replace``'s as any node or sentinel; the operations'
+    transformers always return one node and a module stays a module, which this checks.
+    """
+    if not isinstance(new, cst.CSTNode):  # pragma: no cover - the operations' transformers never remove
+        raise TypeError(f"a transformer turned {type(old).__name__} into {type(new).__name__}")
+    replaced = module.deep_replace(old, new)
+    if not isinstance(replaced, cst.Module):  # pragma: no cover - replacing inside a module gives a module
+        raise TypeError(f"replacing a node inside a module gave {type(replaced).__name__}")
+    return replaced
+
+
 def qualnames(module: cst.Module) -> Iterator[tuple[str, cst.CSTNode]]:
     """Every class and function definition reachable without entering a function body.
 
@@ -58,7 +73,7 @@ def qualnames(module: cst.Module) -> Iterator[tuple[str, cst.CSTNode]]:
     ``if HAVE_TE: class TELinear…``), so a target defined twice is reported as ambiguous.
     """
 
-    def walk(stmts: tuple[cst.BaseStatement, ...] | list[cst.BaseStatement], prefix: str) -> Iterator[tuple[str, cst.CSTNode]]:
+    def walk(stmts: Sequence[cst.BaseStatement], prefix: str) -> Iterator[tuple[str, cst.CSTNode]]:
         for stmt in stmts:
             if isinstance(stmt, (cst.ClassDef, cst.FunctionDef)):
                 name = prefix + stmt.name.value
@@ -72,12 +87,12 @@ def qualnames(module: cst.Module) -> Iterator[tuple[str, cst.CSTNode]]:
     yield from walk(module.body, "")
 
 
-def _blocks_of(stmt: cst.BaseCompoundStatement) -> Iterator[cst.IndentedBlock]:
+def _blocks_of(stmt: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
     for child in stmt.children:
         if isinstance(child, cst.IndentedBlock):
             yield child
         elif isinstance(child, (cst.If, cst.Else, cst.ExceptHandler, cst.Finally)):
-            yield from _blocks_of(child)  # type: ignore[arg-type]
+            yield from _blocks_of(child)
 
 
 def node_code(module: cst.Module, node: cst.CSTNode) -> str:
@@ -178,7 +193,7 @@ def insert_at_sites(
     if present:
         return Status.AMBIGUOUS, module, f"already present at {present} of {len(sites)} sites"
     new_func = func.visit(_SiteInserter(adjusted, stmt))
-    return Status.APPLIED, module.deep_replace(func, new_func), ""  # type: ignore[arg-type]
+    return Status.APPLIED, replace_in(module, func, new_func), ""
 
 
 class FileOp(ABC):

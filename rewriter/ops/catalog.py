@@ -1,12 +1,14 @@
 """The YAML surface of every operation: its ``op:`` name, what it does, and its arguments.
 
 Kept apart from the implementations (which need libcst) so that loading and validating
-patchsets, rendering docs, and a fully cached rebuild never import libcst.
+patchsets, rendering docs, and a fully cached rebuild never import libcst. The operations table of
+docs/patchset-format.md is rendered from these specs (``python -m rewriter docs``), so what an
+operation says it does lives next to what the loader checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -14,12 +16,19 @@ class OpSpec:
     """What the loader checks for one operation kind."""
 
     kind: str
+    #: what it does (the "what it does" column of the docs' operations table; markdown)
     description: str
+    #: what its "already-present" status means
+    present: str
     #: op-specific keys: name -> (python type, required)
     args: dict[str, tuple[type, bool]]
     needs_target: bool = True
     needs_guard: bool = True
     needs_code: bool = True
+    #: what ``target`` names: "function" (or method) or "class"
+    target_kind: str = "function"
+    #: a word on an argument's form, for the docs (argument name -> note)
+    arg_notes: dict[str, str] = field(default_factory=dict)
 
 
 INSERT_WHERE = ("start", "end", "before_return", "before", "after")
@@ -29,49 +38,68 @@ CATALOG: dict[str, OpSpec] = {
     for spec in (
         OpSpec(
             kind="add_config_field",
-            description="Add a flag as a field of a config dataclass, validated in __post_init__.",
+            description=(
+                "adds the flag as a dataclass field after the class's last field, with its description as the "
+                'field docstring, and a type (and `choices`) check at the start of `__post_init__`'
+            ),
+            present='the class already has the field: upstream has it, the patch is retired',
             args={"flag": (str, True)},
+            target_kind="class",
             needs_guard=False,
             needs_code=False,
         ),
         OpSpec(
             kind="insert_statements",
             description=(
-                "Insert statements guarded by the flag at the start or end of a function, "
-                "before its returns, or before/after a matched statement."
+                'inserts `if <guard>:` + the code at `start` (after the docstring), `end`, `before_return` (every'
+                ' return; `expect` = their number), or `before`/`after` every statement equal to `anchor` '
+                '(compared as Python, so layout and comments do not matter; an anchor ending in `:` such as `if x'
+                ' and y:` matches the header of an `if`/`for`/`while`/`with`)'
             ),
+            present='the same guarded block is already next to that place',
             args={"where": (str, True), "anchor": (str, False)},
+            arg_notes={"anchor": "for before/after"},
         ),
         OpSpec(
             kind="route_function",
             description=(
-                "Route a function or method to a new implementation behind its flag; "
-                "the upstream body stays in place for flag off."
+                'at the start: `if <guard>: return impl(<every parameter, as received>)`; awaits for coroutines, '
+                '`yield from` for generators; the upstream body stays below'
             ),
+            present='the same routing block is already there',
             args={"to": (str, True)},
+            arg_notes={"to": "`module:function`"},
             needs_code=False,
         ),
         OpSpec(
             kind="add_call_kwarg",
-            description="Pass one more keyword argument at a matched call, only when the flag is on.",
+            description='adds `**({"keyword": value} if <guard> else {})` to every matching call',
+            present='the call already passes that keyword',
             args={"call": (str, True), "keyword": (str, True), "value": (str, True)},
             needs_code=False,
         ),
         OpSpec(
             kind="override_call_kwarg",
-            description="Behind the flag, pass another value for a keyword a matched call already has.",
+            description='a keyword the call already passes becomes `(<value> if <guard> else <upstream expression>)`',
+            present='the keyword already has that conditional value',
             args={"call": (str, True), "keyword": (str, True), "value": (str, True)},
             needs_code=False,
         ),
         OpSpec(
             kind="extend_condition",
-            description="Behind the flag, an if (matched by its header) also requires one more condition.",
+            description=(
+                '`if <cond>:` becomes `if <cond> and (<condition> if <guard> else True):`, so with the flag off '
+                'the branch is taken exactly as upstream takes it'
+            ),
+            present='the `if` already has that extra term',
             args={"anchor": (str, True), "condition": (str, True)},
+            arg_notes={"anchor": "an `if` header ending in `:`"},
             needs_code=False,
         ),
         OpSpec(
             kind="add_module",
-            description="Add a new module to the package, rendered from a template.",
+            description='adds a new module (e.g. under `megatron/core/_primus/`)',
+            present='the file exists with the same text',
             args={},
             needs_target=False,
             needs_guard=False,
@@ -79,9 +107,11 @@ CATALOG: dict[str, OpSpec] = {
         OpSpec(
             kind="import_module",
             description=(
-                "Add a module of another upstream release (verified sdist) under a new name, its "
-                "imports of the modules the patch moves (and any redirected names) rewritten."
+                'adds `source` as it is in another release of the pin file (`vendor/upstream.yaml`: pinned or '
+                'testbed, read from its verified sdist) under the new path `file`, with its imports rewritten '
+                '(below)'
             ),
+            present='the file exists with the same text',
             args={"from_release": (str, True), "source": (str, True), "imports": (dict, False),
                   "use_pinned": (list, False)},
             needs_target=False,

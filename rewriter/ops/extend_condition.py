@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from rewriter.ops.base import FileOp, OpResult, Status, is_marked, node_code, same_code
+from rewriter.ops.base import FileOp, OpResult, Status, is_marked, node_code, replace_in, same_code
 from rewriter.ops.insert_statements import matches_anchor, near_statements, statement_sites
 
 
@@ -39,8 +39,8 @@ class ExtendConditionOp(FileOp):
         new_target = target
         for stmt in matched:
             test = cst.BooleanOperation(left=stmt.test, operator=cst.And(), right=extra)
-            new_target = new_target.deep_replace(stmt, stmt.with_changes(test=test))  # type: ignore[assignment]
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(matched))  # type: ignore[arg-type]
+            new_target = new_target.deep_replace(stmt, stmt.with_changes(test=test))
+        return OpResult(Status.APPLIED, replace_in(module, target, new_target), len(matched))
 
 
 def _is_extended(module: cst.Module, stmt: cst.If, anchor: str, extra: cst.BaseExpression) -> bool:

@@ -46,9 +46,14 @@ OP = "import_module"
 class ReleaseTree(Protocol):
     """What :func:`resolve_imports` needs of a resolved release (an :class:`UpstreamTree`)."""
 
-    version: str
-    tag: str | None
-    digest: str
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def tag(self) -> str | None: ...
+
+    @property
+    def digest(self) -> str: ...
 
     def read(self, rel: str) -> str | None: ...
 

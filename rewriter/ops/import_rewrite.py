@@ -81,7 +81,7 @@ class ImportRewriter(cst.CSTTransformer):
                 new = node.with_changes(module=module, relative=[], names=names)
                 lines.append(updated.with_changes(body=[new]))
             else:
-                aliases = [a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in names]  # type: ignore[union-attr]
+                aliases = [a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in names]
                 lines.append(cst.SimpleStatementLine(body=[cst.ImportFrom(module=module, names=aliases)]))
         return cst.FlattenSentinel(lines) if len(lines) > 1 else lines[0]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import libcst as cst
 
 from rewriter.ops.add_call_kwarg import find_calls
-from rewriter.ops.base import FileOp, OpResult, Status, node_code, same_code
+from rewriter.ops.base import FileOp, OpResult, Status, node_code, replace_in, same_code
 
 
 class _Override(cst.CSTTransformer):
@@ -48,4 +48,4 @@ class OverrideCallKwargOp(FileOp):
         if done:
             return OpResult(Status.AMBIGUOUS, module, len(done), f"{keyword}= already overridden at {len(done)} of {len(current)} calls")
         new_target = target.visit(_Override(calls, keyword, value, self.edit.guard or ""))
-        return OpResult(Status.APPLIED, module.deep_replace(target, new_target), len(calls))  # type: ignore[arg-type]
+        return OpResult(Status.APPLIED, replace_in(module, target, new_target), len(calls))

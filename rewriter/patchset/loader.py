@@ -31,6 +31,7 @@ from rewriter.patchset.schema import (
     FLAG_KEYS,
     FLAG_TYPES,
     PATCH_KEYS,
+    PLANNED_FLAG_KEYS,
     SERIES_KEYS,
     UPSTREAM_KEYS,
     check_choice,
@@ -42,6 +43,7 @@ from rewriter.yamlio import LocatedDict, load_yaml
 
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+RUNTIME_MODULE_RE = re.compile(r"^primus_runtime(\.[a-z_][a-z0-9_]*)+$")
 #: flag types that add_config_field can declare as a dataclass field (see rewriter.ops.add_config_field)
 CONFIG_FIELD_TYPES = ("bool", "int", "float", "str")
 
@@ -119,11 +121,22 @@ def _load_version(
             if flag.name in seen_flags:
                 raise PatchsetError(
                     f"{_rel(root, patch_dir / 'patch.yaml')}: flag {flag.name!r} is already declared by "
-                    f"patch {seen_flags[flag.name][0]!r}"
+                    f"{seen_flags[flag.name][0]}"
                 )
-            seen_flags[flag.name] = (patch.id, flag)
+            seen_flags[flag.name] = (f"patch {patch.id!r}", flag)
         patches.append(patch)
-    return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches))
+    planned = []
+    for node in series.get("planned_flags", []):
+        flag = _load_flag(origin, node, folder.name, implemented_in=None)
+        if flag.name in seen_flags:
+            raise PatchsetError(
+                f"{where(origin, node, 'name')}: planned flag {flag.name!r} is already declared by "
+                f"{seen_flags[flag.name][0]}"
+            )
+        seen_flags[flag.name] = (f"planned_flags of {folder.name}", flag)
+        planned.append(flag)
+    return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches),
+                           planned_flags=tuple(planned))
 
 
 def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, tuple[str, Flag]]) -> Patch:
@@ -139,7 +152,7 @@ def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, t
     check_choice(origin, data, "implemented_in", ("core", "runtime"))
     upstream = check_mapping(origin, data["upstream"], UPSTREAM_KEYS, "upstream")
     check_choice(origin, upstream, "status", ("absent", "partial", "present"))
-    flags = tuple(_load_flag(origin, node, version) for node in data.get("flags", []))
+    flags = tuple(_load_flag(origin, node, version, data["implemented_in"]) for node in data.get("flags", []))
     uses = _used_flags(origin, data, declared)
     if not flags and not uses:
         raise PatchsetError(
@@ -162,7 +175,8 @@ def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, t
     )
     flag_map = {f.name: f for f in flags + uses}
     own = {f.name for f in flags}
-    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map, own) for i, node in enumerate(edit_nodes))
+    known = set(declared) | own
+    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map, own, known) for i, node in enumerate(edit_nodes))
     files = [path] + sorted(p for p in patch_dir.iterdir() if p.is_file() and p.name != "patch.yaml")
     return Patch(
         id=data["id"],
@@ -191,11 +205,18 @@ def _used_flags(origin: str, data: LocatedDict, declared: dict[str, tuple[str, F
     return tuple(used)
 
 
-def _load_flag(origin: str, node: Any, version: str) -> Flag:
-    node = check_mapping(origin, node, FLAG_KEYS, "flag")
+def _load_flag(origin: str, node: Any, version: str, implemented_in: str | None) -> Flag:
+    """One flag of a patch (``implemented_in`` is the patch's), or with ``implemented_in=None``
+    one of a series' ``planned_flags``, which says itself where it will be implemented."""
+    planned = implemented_in is None
+    node = check_mapping(origin, node, PLANNED_FLAG_KEYS if planned else FLAG_KEYS,
+                         "planned flag" if planned else "flag")
     check_choice(origin, node, "type", tuple(FLAG_TYPES))
     check_choice(origin, node, "table", ("module", "model"))
     check_choice(origin, node, "origin", ("primus", "upstream"))
+    if implemented_in is None:
+        check_choice(origin, node, "implemented_in", ("core", "runtime"))
+        implemented_in = str(node["implemented_in"])
     if not IDENT_RE.match(node["name"]):
         raise PatchsetError(f"{where(origin, node, 'name')}: flag name {node['name']!r} must be a lower-case identifier")
     if node["version"] != version:
@@ -204,22 +225,76 @@ def _load_flag(origin: str, node: Any, version: str) -> Flag:
             f"but lives in patchset {version}; versions must be in order (move the patch or fix the version)"
         )
     nullable = bool(node.get("nullable", False))
-    check_flag_value(origin, node, node["type"], nullable)
-    choices = tuple(node.get("choices", ()))
-    if choices and node["default"] not in choices:
-        raise PatchsetError(f"{where(origin, node, 'default')}: default {node['default']!r} is not one of its choices {list(choices)}")
+    flag_type = node["type"]
+    _check_values(origin, node, flag_type, nullable)
+    since = node.get("upstream_since")
+    runtime_module = _runtime_module(origin, node, implemented_in, planned)
     return Flag(
         name=node["name"],
-        type=node["type"],
+        type=flag_type,
         default=node["default"],
         version=node["version"],
         description=node["description"].strip(),
         notes=node.get("notes", "").strip(),
         table=node["table"],
         origin=node.get("origin", "primus"),
-        choices=choices,
+        choices=tuple(node.get("choices", ())),
         nullable=nullable,
+        primus_default=node.get("primus_default"),
+        has_primus_default="primus_default" in node,
+        upstream_since=since,
+        upstream_values=tuple(node.get("upstream_values", ())),
+        scope="trainer" if implemented_in == "runtime" else "core",
+        runtime_module=runtime_module,
+        implemented=not planned,
     )
+
+
+def _check_values(origin: str, node: LocatedDict, flag_type: str, nullable: bool) -> None:
+    """``default``, ``primus_default`` and ``upstream_values`` have the flag's type (and choices);
+    a ``primus_default`` differs from ``default``; ``upstream_since`` is a release."""
+    check_flag_value(origin, node, "default", node["default"], flag_type, nullable)
+    if "primus_default" in node:
+        check_flag_value(origin, node, "primus_default", node["primus_default"], flag_type, nullable)
+        if node["primus_default"] == node["default"]:
+            raise PatchsetError(
+                f"{where(origin, node, 'primus_default')}: primus_default equals default; declare it only "
+                "where Primus's configs differ from the megatron-core default"
+            )
+    for value in node.get("upstream_values", []):
+        check_flag_value(origin, node, "upstream_values", value, flag_type, nullable)
+    since = node.get("upstream_since")
+    if since is not None:
+        try:
+            Version(since)
+        except InvalidVersion:
+            raise PatchsetError(
+                f"{where(origin, node, 'upstream_since')}: upstream_since names a megatron-core release "
+                f"such as \"0.11.0\", got {since!r}"
+            ) from None
+
+
+def _runtime_module(origin: str, node: LocatedDict, implemented_in: str, planned: bool) -> str | None:
+    """The module implementing a runtime patch's flag: required there, refused for core flags."""
+    runtime_module: str | None = node.get("runtime_module")
+    if implemented_in == "runtime" and not planned and runtime_module is None:
+        raise PatchsetError(
+            f"{where(origin, node)}: flag {node['name']!r} of a runtime patch needs 'runtime_module', "
+            "the primus_runtime module that implements it"
+        )
+    if runtime_module is None:
+        return None
+    if implemented_in != "runtime":
+        raise PatchsetError(
+            f"{where(origin, node, 'runtime_module')}: runtime_module is for flags of runtime patches; "
+            "megatron-core implements this one"
+        )
+    if not RUNTIME_MODULE_RE.match(runtime_module):
+        raise PatchsetError(
+            f"{where(origin, node, 'runtime_module')}: runtime_module names a module of primus_runtime, "
+            f"such as primus_runtime.trainer.trackers, got {runtime_module!r}"
+        )
+    return runtime_module
 
 
 def _load_edit(
@@ -230,6 +305,7 @@ def _load_edit(
     patch_id: str,
     flags: dict[str, Flag],
     own_flags: set[str],
+    known_flags: set[str],
 ) -> Edit:
     what = f"edits[{index}]"
     if not isinstance(node, dict) or "op" not in node:
@@ -287,6 +363,8 @@ def _load_edit(
     if expect < 1:
         raise PatchsetError(f"{where(origin, node, 'expect')}: expect must be at least 1")
     code = _render_code(origin, node, spec.needs_code, env, patch_id, flags, what)
+    if code is not None:
+        _check_flags_read(where(origin, node, "template" if "template" in node else "code"), code, flags, known_flags)
     args = {k: v for k, v in node.items() if k in spec.args}
     return Edit(
         op=kind,
@@ -327,7 +405,8 @@ def _render_code(
         else:
             text = env.from_string(node["code"]).render(context)
     except jinja2.TemplateNotFound as exc:
-        raise PatchsetError(f"{loc}: missing template {exc.name!r} (looked in {env.loader.searchpath[0]})") from exc  # type: ignore[union-attr]
+        folder = env.loader.searchpath[0] if isinstance(env.loader, jinja2.FileSystemLoader) else "the patch folder"
+        raise PatchsetError(f"{loc}: missing template {exc.name!r} (looked in {folder})") from exc
     except jinja2.TemplateSyntaxError as exc:
         raise PatchsetError(f"{loc}: template {exc.name or 'code'}:{exc.lineno}: {exc.message}") from exc
     except jinja2.UndefinedError as exc:
@@ -347,6 +426,32 @@ def _check_inside(loc: str, key: str, value: str, tree: str) -> None:
         raise PatchsetError(f"{loc}: {key} {value!r} must be a relative path inside {tree}")
     if ".." in path.parts:
         raise PatchsetError(f"{loc}: {key} {value!r} leaves {tree} ('..'); name a path inside it")
+
+
+def _check_flags_read(loc: str, code: str, flags: dict[str, Flag], known: set[str]) -> None:
+    """Code that reads another patch's flag declares it in ``uses_flags``, so the patch notes and
+    the manifest list every flag the patch depends on.
+
+    A read is ``<anything>.config.<flag>``, ``config.<flag>`` or ``getattr(<obj>, "<flag>", ...)``
+    of a flag some patch (up to this one) declares.
+    """
+    read: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Attribute) and node.attr in known:
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id == "config") or (
+                isinstance(owner, ast.Attribute) and owner.attr == "config"
+            ):
+                read.add(node.attr)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value in known):
+            read.add(str(node.args[1].value))
+    undeclared = sorted(read - set(flags))
+    if undeclared:
+        raise PatchsetError(
+            f"{loc}: the code reads flag(s) {', '.join(undeclared)} of other patches; list them under "
+            "uses_flags so the patch notes and manifest name them"
+        )
 
 
 def _check_python(loc: str, text: str, what: str) -> None:

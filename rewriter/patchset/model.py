@@ -27,6 +27,31 @@ class Flag:
     origin: str  # "primus": the patch adds it; "upstream": upstream already defines it
     choices: tuple[Any, ...] = ()
     nullable: bool = False
+    #: what Primus configs set when it differs from ``default`` (the megatron-core field's default,
+    #: which is upstream behaviour)
+    primus_default: Any = None
+    has_primus_default: bool = False
+    #: the megatron-core release that has the same option itself, with the same meaning
+    upstream_since: str | None = None
+    #: values at which upstream already behaves as the flag says, besides ``default``
+    upstream_values: tuple[Any, ...] = ()
+    #: "core": megatron-core reads it; "trainer": primus_runtime implements it
+    scope: str = "core"
+    #: for a trainer flag, the primus_runtime module that implements it
+    runtime_module: str | None = None
+    #: False for a documented flag no patch implements yet (a series' ``planned_flags``)
+    implemented: bool = True
+
+    @property
+    def config_default(self) -> Any:
+        """The value Primus's shipped configs hold: ``primus_default`` where declared, else ``default``."""
+        return self.primus_default if self.has_primus_default else self.default
+
+    @property
+    def upstream_equivalent(self) -> tuple[Any, ...]:
+        """Every value that asks nothing of megatron-core: ``default`` (flag off is upstream), then
+        the declared ``upstream_values``."""
+        return (self.default, *(v for v in self.upstream_values if v != self.default))
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,8 @@ class PatchsetVersion:
     version: str
     summary: str
     patches: tuple[Patch, ...]
+    #: documented flags of this version that no patch implements yet
+    planned_flags: tuple[Flag, ...] = ()
 
     @property
     def key(self) -> Version:
@@ -126,6 +153,10 @@ class Patchsets:
 
     def flags(self, upto: str | None = None) -> list[Flag]:
         return [f for p in self.series(upto) for f in p.flags]
+
+    def registry(self) -> list[Flag]:
+        """Every documented flag of every version, implemented or planned, in declaration order."""
+        return [f for v in self.versions for f in (*(f for p in v.patches for f in p.flags), *v.planned_flags)]
 
 
 def content_hash(files: list[Path]) -> str:

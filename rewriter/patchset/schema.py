@@ -26,6 +26,7 @@ SERIES_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "version": ((str,), True),
     "summary": ((str,), True),
     "patches": ((list,), True),
+    "planned_flags": ((list,), False),
 }
 PATCH_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "id": ((str,), True),
@@ -51,6 +52,16 @@ FLAG_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "origin": ((str,), False),
     "choices": ((list,), False),
     "nullable": ((bool,), False),
+    "primus_default": ((object,), False),
+    "upstream_since": ((str,), False),
+    "upstream_values": ((list,), False),
+    "runtime_module": ((str,), False),
+}
+#: a documented flag that no patch implements yet (``planned_flags`` of a series) also says where
+#: it will be implemented, since it has no patch to say so
+PLANNED_FLAG_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    **{k: v for k, v in FLAG_KEYS.items() if k != "runtime_module"},
+    "implemented_in": ((str,), True),
 }
 EDIT_COMMON_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "op": ((str,), True),
@@ -98,7 +109,7 @@ def check_mapping(
             raise PatchsetError(
                 f"{where(origin, node, key)}: key {key!r} must be {names}, got {type(value).__name__} ({value!r})"
             )
-    return node  # type: ignore[return-value]
+    return node if isinstance(node, LocatedDict) else LocatedDict(node)
 
 
 def check_choice(origin: str, node: LocatedDict, key: str, choices: tuple[str, ...]) -> None:
@@ -109,26 +120,24 @@ def check_choice(origin: str, node: LocatedDict, key: str, choices: tuple[str, .
         )
 
 
-def check_flag_value(origin: str, node: LocatedDict, flag_type: str, nullable: bool) -> None:
-    """The flag's default must have the flag's declared type."""
-    default = node["default"]
-    if default is None:
+def check_flag_value(origin: str, node: LocatedDict, key: str, value: Any, flag_type: str, nullable: bool) -> None:
+    """A value of the flag (its ``default``, ``primus_default`` or one of its ``upstream_values``)
+    must have the flag's declared type, and be one of its ``choices`` where it has some."""
+    what = f"{key} {value!r} of flag {node['name']!r}"
+    if value is None:
         if not nullable:
             raise PatchsetError(
-                f"{where(origin, node, 'default')}: default of flag {node['name']!r} is null; "
+                f"{where(origin, node, key)}: {key} of flag {node['name']!r} is null; "
                 "declare 'nullable: true' if that is intended"
             )
         return
     types = FLAG_TYPES[flag_type]
-    if not isinstance(default, types) or (flag_type != "bool" and isinstance(default, bool)):
-        raise PatchsetError(
-            f"{where(origin, node, 'default')}: default {default!r} of flag {node['name']!r} "
-            f"is not of its declared type {flag_type}"
-        )
+    if not isinstance(value, types) or (flag_type != "bool" and isinstance(value, bool)):
+        raise PatchsetError(f"{where(origin, node, key)}: {what} is not of its declared type {flag_type}")
     if flag_type.startswith("list["):
         inner = int if flag_type == "list[int]" else str
-        if not all(isinstance(x, inner) and not isinstance(x, bool) for x in default):
-            raise PatchsetError(
-                f"{where(origin, node, 'default')}: default {default!r} of flag {node['name']!r} "
-                f"is not a {flag_type}"
-            )
+        if not isinstance(value, list) or not all(isinstance(x, inner) and not isinstance(x, bool) for x in value):
+            raise PatchsetError(f"{where(origin, node, key)}: {what} is not a {flag_type}")
+    choices = node.get("choices")
+    if choices and value not in choices:
+        raise PatchsetError(f"{where(origin, node, key)}: {key} {value!r} is not one of its choices {list(choices)}")

@@ -22,15 +22,15 @@ class Trainer:
     """Runs ``train_tiny.py`` under torchrun against a tree; remembers every run of the session."""
 
     def __init__(self, trees: dict[str, Path], workdir: Path) -> None:
-        self.trees, self.workdir, self.runs = trees, workdir, {}  # type: ignore[var-annotated]
+        self.trees, self.workdir, self.runs = trees, workdir, {}
 
-    def __call__(self, tree: str, nproc: int = 1, tag: str = "", **opts: object) -> dict:  # type: ignore[type-arg]
+    def __call__(self, tree: str, nproc: int = 1, tag: str = "", **opts: object) -> dict:
         key = json.dumps([tree, nproc, tag, opts], sort_keys=True)
         if key not in self.runs:
             self.runs[key] = self._run(tree, nproc, key, opts)
         return self.runs[key]
 
-    def _run(self, tree: str, nproc: int, key: str, opts: dict) -> dict:  # type: ignore[type-arg]
+    def _run(self, tree: str, nproc: int, key: str, opts: dict) -> dict:
         out = self.workdir / f"run-{len(self.runs)}.json"
         if nproc == 1:  # keep its initial weights: PP=2 and EP=2 runs start from them
             opts = {**opts, "save_init": str(out.with_suffix(".init.pt"))}

@@ -20,7 +20,7 @@ BASE = dict(num_layers=1, hidden_size=32, num_attention_heads=4, ffn_hidden_size
             activation_func=F.silu, use_cpu_initialization=True)
 
 
-def build(overrides: dict) -> str:  # type: ignore[type-arg]
+def build(overrides: dict) -> str:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.spec_utils import build_module
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -34,7 +34,7 @@ def build(overrides: dict) -> str:  # type: ignore[type-arg]
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def main(out: str, opts: dict) -> None:  # type: ignore[type-arg]
+def main(out: str, opts: dict) -> None:
     start_single_process()
     result = {name: build(overrides) for name, overrides in opts["configs"].items()}
     with open(out, "w") as fh:

@@ -31,12 +31,12 @@ class RecordingSDPA(torch.nn.Module):
     """Causal torch SDPA; [seq, batch, heads, dim] in, [seq, batch, heads * dv] out."""
 
     def __init__(self, config, layer_number, attn_mask_type, attention_type=None, softmax_scale=None,
-                 k_channels=None, v_channels=None, cp_comm_type=None, pg_collection=None, **kwargs):  # type: ignore[no-untyped-def]
+                 k_channels=None, v_channels=None, cp_comm_type=None, pg_collection=None, **kwargs):
         super().__init__()
         self.softmax_scale = softmax_scale
         self.k_channels, self.v_channels = k_channels, v_channels
 
-    def forward(self, query, key, value, attention_mask, packed_seq_params=None, attn_mask_type=None, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(self, query, key, value, attention_mask, packed_seq_params=None, attn_mask_type=None, **kwargs):
         CALLS.append([query.size(-1), key.size(-1), value.size(-1)])
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # -> [b, h, s, d]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)

@@ -80,18 +80,18 @@ def write_stand_in(root: Path, accepts: bool) -> None:
 class _MockSubmodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Any ``transformer_engine.*`` submodule the stand-in does not define is a mock module."""
 
-    def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, name, path=None, target=None):
         if name.startswith("transformer_engine.") and importlib.machinery.PathFinder.find_spec(name, path) is None:
             return importlib.util.spec_from_loader(name, self)
         return None
 
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
+    def create_module(self, spec):
         module = types.ModuleType(spec.name)
-        module.__getattr__ = lambda attr: MagicMock(name=attr)  # type: ignore[method-assign]
+        module.__getattr__ = lambda attr: MagicMock(name=attr)
         module.__path__ = []  # a package, so deeper submodules resolve too
         return module
 
-    def exec_module(self, module):  # type: ignore[no-untyped-def]
+    def exec_module(self, module):
         return None
 
 

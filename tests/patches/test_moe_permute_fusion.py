@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 FIELD = "moe_permute_fusion: bool = False"
 
 
-def patch(applied: Applied, patch_id: str):  # type: ignore[no-untyped-def]
+def patch(applied: Applied, patch_id: str):
     return next(p for p in applied.patchsets.series() if p.id == patch_id)
 
 

@@ -27,7 +27,7 @@ MODULES = ("moe_layer", "experts", "router", "token_dispatcher", "legacy_a2a_tok
            "shared_experts", "grouped_gemm_util")
 
 
-def probe(tree: Path, tmp_path: Path, configs: dict) -> dict:  # type: ignore[type-arg]
+def probe(tree: Path, tmp_path: Path, configs: dict) -> dict:
     import json
 
     out = tmp_path / "probe.json"

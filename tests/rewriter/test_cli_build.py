@@ -311,3 +311,37 @@ def test_check_with_git_upstream(sample: Sample, capsys: pytest.CaptureFixture[s
                                                    "--upstream", sample.upstream.next_commit[:9]]
     assert main(args) == 0
     assert capsys.readouterr().out.split() == ["v0.1.0", "double_output", "applied"]
+
+
+def test_docs_write_the_flag_registry_the_runtime_reads(sample: Sample) -> None:
+    from primus_runtime.config.registry import load_registry
+
+    assert main(sample.args("docs", upstream=False)) == 0
+    (flag,) = load_registry(sample.root / "configs" / "flags.yaml").values()
+    assert (flag.name, flag.type, flag.default, flag.version, flag.scope, flag.implemented) == (
+        "double_output", "bool", False, "v0.1.0", "core", True)
+
+    sample.edit_patch("    default: false\n", "    default: false\n    primus_default: true\n")
+    assert main(sample.args("docs", "--check", upstream=False)) == 1
+    assert main(sample.args("docs", upstream=False)) == 0
+    (flag,) = load_registry(sample.root / "configs" / "flags.yaml").values()
+    assert (flag.default, flag.upstream_values) == (True, (False,))
+
+
+def test_docs_render_the_operations_table(sample: Sample, capsys: pytest.CaptureFixture[str]) -> None:
+    from rewriter.emit.docs import OPS_BEGIN, OPS_END
+
+    page = sample.root / "docs" / "patchset-format.md"
+    page.parent.mkdir(parents=True)
+    page.write_text(f"# Format\n\n{OPS_BEGIN}\n| stale |\n{OPS_END}\n\nmore\n", encoding="utf-8")
+    assert main(sample.args("docs", "--check", upstream=False)) == 1
+    assert f"{page} is stale" in capsys.readouterr().err
+    assert main(sample.args("docs", upstream=False)) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "| stale |" not in text and text.endswith(f"{OPS_END}\n\nmore\n")
+    assert "| `route_function` | `target` (function), `to` (`module:function`), `guard` |" in text
+    assert main(sample.args("docs", "--check", upstream=False)) == 0
+
+    page.write_text("# Format without the markers\n", encoding="utf-8")
+    assert main(sample.args("docs", upstream=False)) == 2
+    assert "needs the lines" in capsys.readouterr().err

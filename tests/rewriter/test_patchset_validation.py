@@ -386,3 +386,150 @@ def test_cli_unknown_patchset_version_exits_2(sample: Sample, capsys: pytest.Cap
     assert main(sample.args("build", "--patchset", "v9.9.9", "--out", str(sample.out))) == 2
     one_error_line(capsys.readouterr().err, "unknown patchset version 'v9.9.9' (known: v0.1.0)")
     assert_untouched(sample.out)
+
+
+def test_patch_yaml_that_is_not_utf8_names_the_byte(sample: Sample) -> None:
+    path = sample.patchsets / "v0.1.0" / "double_output" / "patch.yaml"
+    raw = path.read_bytes()
+    offset = raw.index(b"summary:")
+    path.write_bytes(raw[:offset] + b"\xff" + raw[offset + 1:])
+    line = raw[:offset].count(b"\n") + 1
+    message = load_error(sample)
+    assert message == (f"{PATCH}:{line}: not UTF-8 text (byte offset {offset}: 0xff); "
+                       "save the file as UTF-8")
+
+
+def test_patch_yaml_alias_bomb_is_refused(sample: Sample) -> None:
+    path = sample.patchsets / "v0.1.0" / "double_output" / "patch.yaml"
+    bomb = ["x0: &x0 [a, a, a, a, a, a, a, a, a, a]"]
+    bomb += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path.write_text("\n".join(bomb) + "\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_error(sample).startswith(f"{PATCH}:1: refused: its aliases expand to more than 100000 values")
+
+
+# -- the flag registry: Primus defaults, upstream values, runtime modules, planned flags ----------
+
+# a v0.2.0 patch with a flag of its own whose template also reads v0.1.0's flag
+READS_YAML = """\
+id: triple_output
+summary: Triple instead, when its flag is on.
+implemented_in: core
+upstream:
+  status: absent
+flags:
+  - name: triple_output
+    type: bool
+    default: false
+    version: v0.2.0
+    table: model
+    description: Triple.
+edits:
+  - op: insert_statements
+    file: megatron/core/transformer/block.py
+    target: shift
+    where: start
+    guard: config.triple_output
+    code: |
+      if self.config.double_output:
+          y = y * 3
+"""
+
+
+def test_code_that_reads_another_patchs_flag_must_declare_it(sample: Sample) -> None:
+    _second_version(sample, READS_YAML, "triple_output")
+    message = load_error(sample)
+    assert message == (f"{at(READS_YAML, 'code: |', 'patchsets/v0.2.0/triple_output/patch.yaml')} the code reads "
+                       "flag(s) double_output of other patches; list them under uses_flags so the patch notes and "
+                       "manifest name them")
+    _second_version(sample, READS_YAML.replace("implemented_in: core\n", "implemented_in: core\nuses_flags: [double_output]\n"),
+                    "triple_output")
+    patch = load_patchsets(sample.patchsets).series()[-1]
+    assert [f.name for f in patch.uses_flags] == ["double_output"]
+
+
+def test_code_reading_a_flag_through_getattr_must_declare_it(sample: Sample) -> None:
+    _second_version(sample, READS_YAML.replace("if self.config.double_output:",
+                                               'if getattr(config, "double_output", False):'), "triple_output")
+    assert "reads flag(s) double_output of other patches" in load_error(sample)
+
+
+def test_primus_default_and_upstream_values(sample: Sample) -> None:
+    sample.edit_patch("    default: false\n", "    default: false\n    primus_default: true\n    upstream_values: [false]\n")
+    (flag,) = load_patchsets(sample.patchsets).registry()
+    assert (flag.default, flag.config_default, flag.upstream_equivalent) == (False, True, (False,))
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle", "expected"),
+    [
+        ("    primus_default: false\n", "primus_default", "primus_default equals default; declare it only where"),
+        ("    primus_default: 2\n", "primus_default", "primus_default 2 of flag 'double_output' is not of its declared type bool"),
+        ("    upstream_values: [yes_please]\n", "upstream_values",
+         "upstream_values 'yes_please' of flag 'double_output' is not of its declared type bool"),
+        ("    upstream_since: latest\n", "upstream_since", "upstream_since names a megatron-core release"),
+        ("    runtime_module: primus_runtime.trainer.loop\n", "runtime_module",
+         "runtime_module is for flags of runtime patches; megatron-core implements this one"),
+    ],
+)
+def test_bad_registry_keys(sample: Sample, extra: str, needle: str, expected: str) -> None:
+    text = sample.edit_patch("    default: false\n", "    default: false\n" + extra)
+    message = load_error(sample)
+    assert message.startswith(at(text, needle)), message
+    assert expected in message
+
+
+RUNTIME_YAML = """\
+id: trainer_switch
+summary: A trainer switch.
+implemented_in: runtime
+upstream:
+  status: absent
+flags:
+  - name: trainer_switch
+    type: bool
+    default: false
+    version: v0.2.0
+    table: module
+    description: Switch.
+{module}"""
+
+
+def test_runtime_flags_name_their_module(sample: Sample) -> None:
+    _second_version(sample, RUNTIME_YAML.format(module=""), "trainer_switch")
+    assert load_error(sample) == ("patchsets/v0.2.0/trainer_switch/patch.yaml:7: flag 'trainer_switch' of a runtime "
+                                  "patch needs 'runtime_module', the primus_runtime module that implements it")
+    _second_version(sample, RUNTIME_YAML.format(module="    runtime_module: trainer.loop\n"), "trainer_switch")
+    assert "runtime_module names a module of primus_runtime" in load_error(sample)
+    _second_version(sample, RUNTIME_YAML.format(module="    runtime_module: primus_runtime.trainer.loop\n"),
+                    "trainer_switch")
+    flag = load_patchsets(sample.patchsets).registry()[-1]
+    assert (flag.scope, flag.runtime_module) == ("trainer", "primus_runtime.trainer.loop")
+
+
+PLANNED = """\
+planned_flags:
+  - name: {name}
+    type: int
+    default: 4
+    version: v0.1.0
+    table: model
+    implemented_in: core
+    description: Not implemented yet.
+"""
+
+
+def test_planned_flags_join_the_registry(sample: Sample) -> None:
+    series = sample.patchsets / "v0.1.0" / "series.yaml"
+    series.write_text(series.read_text(encoding="utf-8") + PLANNED.format(name="later"), encoding="utf-8")
+    patchsets = load_patchsets(sample.patchsets)
+    assert [(f.name, f.implemented) for f in patchsets.registry()] == [("double_output", True), ("later", False)]
+    assert [f.name for f in patchsets.flags()] == ["double_output"]  # what the wheel carries
+
+
+def test_planned_flag_may_not_repeat_a_patch_flag(sample: Sample) -> None:
+    series = sample.patchsets / "v0.1.0" / "series.yaml"
+    text = series.read_text(encoding="utf-8") + PLANNED.format(name="double_output")
+    series.write_text(text, encoding="utf-8")
+    message = load_error(sample)
+    assert message == (f"{at(text, '- name: double_output', SERIES)} planned flag 'double_output' is already "
+                       "declared by patch 'double_output'")

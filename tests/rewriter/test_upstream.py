@@ -27,18 +27,18 @@ from rewriter.upstream import load_pin, resolve, source_digest, source_files
 BLOCK = "megatron/core/transformer/block.py"
 
 
-def resolve_pypi(sample: Sample, sha: str | None = None, sdist: Path | None = None, log: list[str] | None = None):  # type: ignore[no-untyped-def]
+def resolve_pypi(sample: Sample, sha: str | None = None, sdist: Path | None = None, log: list[str] | None = None):
     logs = log if log is not None else []
     return resolve(sha or sample.upstream.commit, load_pin(sample.pin), sample.cache, None,
                    sdist or sample.upstream.sdist, logs.append)
 
 
-def resolve_git(sample: Sample, sha: str, log: list[str] | None = None):  # type: ignore[no-untyped-def]
+def resolve_git(sample: Sample, sha: str, log: list[str] | None = None):
     logs = log if log is not None else []
     return resolve(sha, load_pin(sample.pin), sample.cache, str(sample.upstream.repo), None, logs.append)
 
 
-def upstream_error(call) -> str:  # type: ignore[no-untyped-def]
+def upstream_error(call) -> str:
     with pytest.raises(UpstreamError) as info:
         call()
     assert info.value.exit_code == 3

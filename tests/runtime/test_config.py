@@ -194,6 +194,12 @@ def test_cli_values_are_typed(tmp_path: Path, root: Path) -> None:
     assert exp.exp_name == "cli"
 
 
+def test_cli_values_that_are_not_yaml_are_one_line_type_errors(tmp_path: Path, root: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(experiment(tmp_path), ["--micro_batch_size", "[1, "], env={}, root=root)
+    assert str(info.value) == "command line: --micro_batch_size: micro_batch_size expects int, got str '[1, '"
+
+
 def test_resolve_model(root: Path) -> None:
     params = resolve_model("family_1B", env={}, root=root)
     assert (params["hidden_size"], params["num_layers"], params["lr"]) == (128, 4, 1.0e-4)
@@ -229,3 +235,54 @@ def test_show_into_a_closed_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         monkeypatch.undo()
         stdout.close()
+
+
+@pytest.mark.parametrize("value", ["*nightly", "@alice", "[1, ", "{a: 1", "`tick", "%TAG"])
+def test_variable_values_that_are_not_yaml_stay_text(tmp_path: Path, root: Path, value: str) -> None:
+    path = experiment(tmp_path, "exp_tag: ${TAG}", head="exp_name: ${PRIMUS_EXP_NAME:x}\nuser_name: ${PRIMUS_USER}")
+    exp = load_experiment(path, env={"TAG": value, "PRIMUS_EXP_NAME": value, "PRIMUS_USER": value}, root=root)
+    assert (exp.params["exp_tag"], exp.exp_name, exp.user_name) == (value, value, value)
+
+
+def test_variable_values_still_take_their_yaml_type(tmp_path: Path, root: Path) -> None:
+    path = experiment(tmp_path, "micro_batch_size: ${MBS}\ntrain_iters: ${ITERS}")
+    with pytest.raises(ConfigError, match=r"exp.yaml:7: micro_batch_size expects int, got str .\[1, ."):
+        load_experiment(path, env={"MBS": "[1, ", "ITERS": "3"}, root=root)
+    assert load_experiment(path, env={"MBS": "4", "ITERS": "3"}, root=root).params["micro_batch_size"] == 4
+
+
+def test_files_that_are_not_utf8_name_the_line_and_byte(tmp_path: Path, root: Path) -> None:
+    path = experiment(tmp_path, "exp_tag: caf\u00e9")
+    raw = path.read_bytes()
+    offset = raw.index("\u00e9".encode())
+    path.write_bytes(raw.replace("\u00e9".encode(), b"\xe9"))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, env={}, root=root)
+    line = raw[:offset].count(b"\n") + 1
+    assert str(info.value) == (f"{path}:{line}: not UTF-8 text (byte offset {offset}: 0xe9); save the file as UTF-8")
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path, root: Path) -> None:
+    """A "billion laughs" model file: 9 levels of 10 aliases would expand to 10**9 values."""
+    import time
+
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    write(root / "models" / "megatron" / "bomb.yaml", "extends: [language_model.yaml]\n" + "\n".join(levels) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"bomb.yaml:1: refused: its aliases expand to more than 100000 values"):
+        load_experiment(experiment(tmp_path, model="bomb.yaml"), env={}, root=root)
+    assert time.monotonic() - started < 5
+
+
+def test_recursive_alias_is_refused(tmp_path: Path, root: Path) -> None:
+    write(root / "models" / "megatron" / "loop.yaml", "extends: [language_model.yaml]\nloop: &x [1, *x]\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml:2: recursive YAML alias"):
+        load_experiment(experiment(tmp_path, model="loop.yaml"), env={}, root=root)
+
+
+def test_aliases_within_the_cap_still_work(tmp_path: Path, root: Path) -> None:
+    write(root / "models" / "megatron" / "anchors.yaml",
+          "extends: [language_model.yaml]\nnum_layers: &n 6\nhidden_size: *n\n")
+    params = load_experiment(experiment(tmp_path, model="anchors.yaml"), env={}, root=root).params
+    assert (params["num_layers"], params["hidden_size"]) == (6, 6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -66,9 +68,34 @@ def test_flag_the_wheel_does_not_have() -> None:
 def test_trainer_flag_needs_the_trainer() -> None:
     params = {**defaults(), "pp_warmup": True}
     info = wheel("v0.4.0", ("pp_warmup",))
-    assert flags.problems(params, {}, DOCUMENTED, info, trainer_implemented=frozenset()) == [
+    unimplemented = {**DOCUMENTED, "pp_warmup": dataclasses.replace(DOCUMENTED["pp_warmup"], runtime_module=None)}
+    assert flags.problems(params, {}, unimplemented, info) == [
         "pp_warmup=True: primus_runtime's trainer does not implement this flag"]
-    assert flags.problems(params, {}, DOCUMENTED, info, trainer_implemented=frozenset({"pp_warmup"})) == []
+    assert flags.problems(params, {}, DOCUMENTED, info) == []
+
+
+def test_every_trainer_flag_names_the_module_that_implements_it() -> None:
+    """The registry's runtime_module of each trainer flag exists and reads the flag."""
+    trainer = {name: flag for name, flag in DOCUMENTED.items() if flag.scope == "trainer"}
+    assert trainer
+    for name, flag in trainer.items():
+        assert flag.runtime_module, name
+        spec = importlib.util.find_spec(flag.runtime_module)
+        assert spec is not None and spec.origin, f"{name}: no module {flag.runtime_module}"
+        assert name in Path(spec.origin).read_text(encoding="utf-8"), f"{flag.runtime_module} does not read {name}"
+
+
+def test_upstream_behaviour_fits_an_unpatched_megatron_core() -> None:
+    """moe_router_force_load_balancing_type: uniform is upstream's own behaviour (megatron-core's
+    default, while Primus configs default to even): an unpatched megatron-core takes it."""
+    params = {**defaults(), "moe_router_force_load_balancing_type": "uniform"}
+    assert DOCUMENTED["moe_router_force_load_balancing_type"].default == "even"
+    assert flags.problems(params, {}, DOCUMENTED, wheel(None)) == []
+    assert flags.problems(params, {}, DOCUMENTED, wheel("v0.1.0", ("moe_router_force_load_balancing_type",))) == []
+    forced = {**params, "moe_router_force_load_balancing": True}
+    assert flags.problems(forced, {}, DOCUMENTED, wheel(None)) == [
+        "moe_router_force_load_balancing=True: megatron-core 0.16.1 is upstream, which has no Primus flags; "
+        "install a primus-rewriter build (v0.1.0 or newer) or leave it at False"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -77,25 +104,14 @@ def test_every_problem_is_reported_at_once() -> None:
         flags.check(params, {}, DOCUMENTED, wheel(None))
 
 
-def test_shipped_module_config_holds_every_flag_at_its_default() -> None:
-    _, shipped = load_schema(config_root(), {})
+def test_every_flag_takes_its_default_from_the_registry() -> None:
+    schema, shipped = load_schema(config_root(), {})
     for name, flag in DOCUMENTED.items():
         assert shipped.values[name] == flag.default, name
-        assert shipped.origins[name].where.endswith("pre_trainer.yaml"), name
-
-
-def test_documented_flags_agree_with_the_patchsets() -> None:
-    """Every flag a patch declares is documented with the same version; defaults agree except
-    where Primus's configs deliberately differ from megatron-core's upstream default."""
-    primus_defaults_differ = {"moe_router_force_load_balancing_type"}
-    patchsets = load_patchsets(REPO / "patchsets")
-    declared = {flag.name: flag for version in patchsets.versions for patch in version.patches for flag in patch.flags}
-    assert declared, "the patchsets declare flags"
-    for name, flag in declared.items():
-        assert name in DOCUMENTED, f"{name} is declared by a patch but missing from configs/flags.yaml"
-        assert DOCUMENTED[name].version == flag.version, name
-        if name not in primus_defaults_differ:
-            assert DOCUMENTED[name].default == flag.default, name
+        assert shipped.origins[name].where.endswith("flags.yaml"), name
+        assert shipped.origins[name].line == flag.line, name
+    assert schema.options["decoder_pipeline_manual_split_list"].nullable
+    assert schema.options["moe_router_force_load_balancing_type"].choices == ("uniform", "even")
 
 
 def test_shipped_examples_resolve_and_fit_the_newest_wheel() -> None:

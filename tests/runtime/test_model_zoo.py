@@ -71,7 +71,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from primus_runtime.config.loader import resolve_model
 from primus_runtime.model.builder import build_gpt_model, layer_spec
 from primus_runtime.model.config_map import transformer_config
-from primus_runtime.model.param_count import _world_of_one, count_parameters
+from primus_runtime.model.param_count import world_of_one, count_parameters
 
 report = {}
 for name in sys.argv[1].split(","):
@@ -87,7 +87,7 @@ for name in sys.argv[2].split(","):
     params = resolve_model(name + ".yaml")
     # bias_swiglu_fusion off: torch.compile of the fused kernel takes ~10 s per model on a CPU
     config = transformer_config(params, use_cpu_initialization=True, bias_swiglu_fusion=False)
-    with _world_of_one():
+    with world_of_one():
         model_parallel_cuda_manual_seed(1234)
         model = build_gpt_model(params, config)
         tokens = torch.randint(0, params["vocab_size"], (2, 16))

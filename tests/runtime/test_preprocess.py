@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from primus_runtime.data.preprocess import Chunk, InputLineError, _Job, encode_lines, output_prefixes
+from primus_runtime.data.preprocess import Chunk, EncodeJob, InputLineError, encode_lines, output_prefixes
 from primus_runtime.data.tokenizers import TokenizerError, TokenizerSpec
 from tests.runtime.conftest import run_in_tree, texts
 
@@ -70,7 +70,7 @@ def encode(raw: list[bytes], hf_dir: Path, keys: tuple[str, ...] = ("text",)) ->
     import numpy as np
 
     spec = TokenizerSpec("HuggingFaceTokenizer", str(hf_dir))
-    out = encode_lines(Chunk(41, raw), _Job(spec, "in.jsonl", keys, True, np.uint16), spec.load())
+    out = encode_lines(Chunk(41, raw), EncodeJob(spec, "in.jsonl", keys, True, np.uint16), spec.load())
     return [t.tolist() + [-1] + n.tolist() for t, n in zip(out.tokens, out.lengths)]
 
 

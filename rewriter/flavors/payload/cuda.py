@@ -194,10 +194,10 @@ else:
 
     # The "CUDA" generator is the CPU default generator: seeding, state save/restore and
     # megatron's RNG tracker forks behave as on a GPU, reproducibly.
-    class _Generators(tuple):  # type: ignore[type-arg]
+    class _Generators(tuple[Any, ...]):
         """Indexed by a device index or by ``current_device()``: always the CPU generator."""
 
-        def __getitem__(self, index: Any) -> torch.Generator:  # type: ignore[override]
+        def __getitem__(self, index: Any) -> Any:
             return torch.default_generator
 
     default_generators = _Generators((torch.default_generator,))
