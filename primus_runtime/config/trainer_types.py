@@ -49,4 +49,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "recompute_granularity": ("full", "selective"),
     "recompute_method": ("uniform", "block"),
     "ckpt_format": ("torch", "torch_dist"),
+    "cross_entropy_fusion_impl": ("native", "te"),
 }

@@ -40,9 +40,13 @@ def layer_spec(params: Mapping[str, Any], config: TransformerConfig, use_te: boo
                vp_stage: int | None = None) -> tuple[ModuleSpec | TransformerBlockSubmodules, str]:
     """The decoder's layer (or, for MoE, block) spec, and a line saying which one, for the log.
 
-    ``use_te`` None picks TransformerEngine when it is importable. Without TE, multi-latent
-    attention gets :class:`~primus_runtime.model.local_attention.SDPACoreAttention` (the local
-    spec's own core attention cannot build it) and grouped-GEMM experts need the grouped_gemm package.
+    ``use_te`` None picks TransformerEngine when it is importable. With ``enable_primus_turbo`` and
+    ``use_turbo_attention`` the wheel itself swaps the core attention (any model, MLA included);
+    otherwise, without TE, multi-latent attention gets
+    :class:`~primus_runtime.model.local_attention.SDPACoreAttention` (the local spec's own core
+    attention cannot build it; an upstream wheel has no Turbo attention to use instead).
+    Grouped-GEMM experts without TE need the grouped_gemm package. The line names the attention
+    and the fused paths in use.
     """
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_decoder_block_spec,
@@ -68,9 +72,16 @@ def layer_spec(params: Mapping[str, Any], config: TransformerConfig, use_te: boo
             qk_layernorm=config.qk_layernorm, multi_latent_attention=config.multi_latent_attention,
             normalization=normalization)
     what = "TransformerEngine layer spec" if use_te else "local layer spec (PyTorch modules)"
-    if config.multi_latent_attention and not use_te:
+    turbo_attention = getattr(config, "enable_primus_turbo", False) and getattr(config, "use_turbo_attention", False)
+    if turbo_attention:
+        from megatron.core._primus.turbo.backend import backend
+
+        what += f", core attention on the Primus Turbo backend ({backend()})"
+    elif config.multi_latent_attention and not use_te:
         _use_sdpa_core_attention(spec)
         what += ", MLA core attention by torch SDPA"
+    if config.cross_entropy_loss_fusion:
+        what += f", fused cross-entropy ({config.cross_entropy_fusion_impl})"
     return spec, what
 
 

@@ -78,11 +78,14 @@ class Model:
 def build_model(params: Mapping[str, Any], layout: Layout) -> Model:
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
 
+    from primus_runtime.model import portable
     from primus_runtime.model.builder import build_gpt_model, have_transformer_engine, padded_vocab_size
     from primus_runtime.model.config_map import transformer_config
 
     cuda = torch.cuda.is_available()
+    params = portable.resolve(params, have_te=have_transformer_engine())
     config = transformer_config(params, use_cpu_initialization=not cuda, perform_initialization=True)
     chunks = []
     for stage in range(layout.vp or 1):
@@ -96,6 +99,11 @@ def build_model(params: Mapping[str, Any], layout: Layout) -> Model:
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
         if cuda:  # some weights (the MoE router's) are made on the CPU
             model.cuda(torch.cuda.current_device())
+        if config.bf16 or config.fp16:
+            # as Megatron-LM's get_model: every parameter in model precision, norms included (torch's
+            # fused RMSNorm/LayerNorm kernels need the weight in the input's dtype); the optimizer
+            # keeps the fp32 main copy
+            model = Float16Module(config, model)
         chunks.append(model)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=bool(params.get("accumulate_allreduce_grads_in_fp32")) or not (config.bf16 or config.fp16),

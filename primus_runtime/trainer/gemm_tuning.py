@@ -1,0 +1,108 @@
+"""Primus's three-stage GEMM tuning (``PRIMUS_HIPBLASLT_TUNING_STAGE``) through PyTorch's TunableOp.
+
+Primus tunes hipBLASLt in three runs of the same training command. PyTorch's TunableOp does the
+same for every GEMM torch dispatches, with hipBLASLt/rocBLAS on ROCm and cuBLASLt/cuBLAS on CUDA,
+so the stages keep Primus's variable and meaning:
+
+``0`` (default)
+    no tuning: torch's default GEMM choice.
+``1`` dump shapes
+    train as usual and record every GEMM shape TunableOp sees, per rank, into
+    ``<workspace>/tune_hipblaslt/<model>/gemm_shape/untuned<rank>.csv`` (a few iterations are
+    enough: the shapes repeat every iteration).
+``2`` tune
+    no training: each rank benchmarks the candidate kernels for the shapes it recorded and writes
+    the fastest to ``.../gemm_tune/tuned<rank>.csv``.
+``3`` train with the tuned results
+    TunableOp reads ``tuned<rank>.csv`` and uses the recorded choice for each shape (no tuning
+    during training).
+
+On a host without a GPU TunableOp has nothing to tune: a stage other than 0 is reported and
+ignored. A stage-3 run without the stage-2 file stops before training, naming the missing file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from primus_runtime.errors import ConfigError
+
+ENV = "PRIMUS_HIPBLASLT_TUNING_STAGE"
+STAGES = {0: "off", 1: "dump GEMM shapes", 2: "tune GEMM kernels", 3: "train with tuned GEMM kernels"}
+log = logging.getLogger("primus_runtime.trainer")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The stage in force and where this rank's TunableOp files live."""
+
+    stage: int
+    untuned: Path
+    tuned: Path
+
+    @property
+    def trains(self) -> bool:
+        """Stage 2 only tunes; every other stage trains."""
+        return self.stage != 2
+
+
+def from_environment(env: Mapping[str, str], workspace: Path, model: str, rank: int) -> Tuning:
+    """The stage of ``PRIMUS_HIPBLASLT_TUNING_STAGE`` (unset: 0) and this rank's file paths."""
+    text = env.get(ENV, "0").strip() or "0"
+    if text not in {str(s) for s in STAGES}:
+        raise ConfigError(f"{ENV}={text!r}: choose 0 (off), 1 (dump shapes), 2 (tune) or 3 (train tuned)")
+    root = workspace / "tune_hipblaslt" / model
+    return Tuning(int(text), root / "gemm_shape" / f"untuned{rank}.csv", root / "gemm_tune" / f"tuned{rank}.csv")
+
+
+def start(tuning: Tuning) -> str | None:
+    """Configure TunableOp for ``tuning`` before the first GEMM; the log line to print, if any."""
+    if tuning.stage == 0:
+        return None
+    if not torch.cuda.is_available():
+        return f"{ENV}={tuning.stage}: no GPU on this host, TunableOp has nothing to tune; ignored"
+    tunable = torch.cuda.tunable
+    if tuning.stage == 1:
+        tuning.untuned.parent.mkdir(parents=True, exist_ok=True)
+        # TunableOp reads the untuned file's name from the environment when it first records
+        os.environ["PYTORCH_TUNABLEOP_UNTUNED_FILENAME"] = str(tuning.untuned)
+        tunable.enable(True)
+        tunable.tuning_enable(False)
+        tunable.record_untuned_enable(True)
+        return f"{ENV}=1 ({STAGES[1]}): recording GEMM shapes into {tuning.untuned}"
+    if tuning.stage == 3:
+        if not tuning.tuned.is_file():
+            raise ConfigError(f"{ENV}=3: {tuning.tuned} does not exist; run stage 1 (dump shapes) and "
+                              "stage 2 (tune) with this experiment first")
+        tunable.enable(True)
+        tunable.tuning_enable(False)
+        tunable.record_untuned_enable(False)
+        tunable.set_filename(str(tuning.tuned))
+        if not tunable.read_file(str(tuning.tuned)):
+            raise ConfigError(f"{ENV}=3: TunableOp could not read {tuning.tuned}; rerun stage 2")
+        return f"{ENV}=3 ({STAGES[3]}): GEMM choices from {tuning.tuned}"
+    return None
+
+
+def tune(tuning: Tuning) -> str:
+    """Stage 2: benchmark the candidates for every shape recorded in stage 1; write the fastest."""
+    if not torch.cuda.is_available():
+        return f"{ENV}=2: no GPU on this host, nothing tuned"
+    if not tuning.untuned.is_file():
+        raise ConfigError(f"{ENV}=2: {tuning.untuned} does not exist; run stage 1 (dump shapes) with this "
+                          "experiment first")
+    tuning.tuned.parent.mkdir(parents=True, exist_ok=True)
+    tunable = torch.cuda.tunable
+    tunable.enable(True)
+    tunable.tuning_enable(True)
+    tunable.record_untuned_enable(False)
+    tunable.set_filename(str(tuning.tuned))
+    tunable.tune_gemm_in_file(str(tuning.untuned))
+    # TunableOp writes its results file (set_filename) itself when the process exits
+    return f"{ENV}=2 ({STAGES[2]}): {len(tunable.get_results())} GEMM choices, written to {tuning.tuned} at exit"
