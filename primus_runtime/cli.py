@@ -76,10 +76,23 @@ def cmd_check(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    """Train under torchrun (one process per GPU; gloo on CPU). Flags are checked before any heavy work."""
+    """Train under torchrun (one process per GPU; gloo on CPU). Flags are checked before any heavy work.
+
+    A failure on one rank ends every rank of the job with the first failing rank's message
+    (:mod:`primus_runtime.trainer.fatal`).
+    """
+    from primus_runtime.trainer import fatal
     from primus_runtime.trainer.main import train
 
-    return train(Path(args.exp), rest)
+    try:
+        return train(Path(args.exp), rest)
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        first = fatal.report(exc)
+        if first is not None:
+            raise first from None
+        raise
 
 
 def _delegate(target: str) -> Callable[[argparse.Namespace, Sequence[str]], int]:
