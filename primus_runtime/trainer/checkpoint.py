@@ -21,6 +21,7 @@ pickles: load only checkpoints you trust.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -41,6 +42,7 @@ log = logging.getLogger("primus_runtime.trainer")
 
 CHECKPOINT_VERSION = 1
 METADATA_FILE = ".metadata"  # torch distributed checkpointing's index of every shard's bytes
+FORMAT_FILE = "metadata.json"  # megatron's: which sharded format the folder holds
 COMMON_FILE = "common.pt"  # megatron's rank-0 state: iteration, samples, scheduler
 #: test hook: rank 0 exits (status 17) after writing this iteration's shards, before the rename
 CRASH_IN_SAVE_ENV = "PRIMUS_TRAINER_TEST_CRASH_IN_SAVE"
@@ -63,6 +65,8 @@ def _cause(exc: BaseException) -> str:
     if isinstance(exc, CheckpointException) and exc.failures:
         rank, (inner, _) = sorted(exc.failures.items(), key=lambda item: item[0])[0]
         return f"{_cause(inner)} (rank {rank})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -76,7 +80,7 @@ def read_tracker(root: Path) -> int | None:
     tracker = root / TRACKER_FILE
     if not tracker.is_file():
         return None
-    text = tracker.read_text(encoding="utf-8").strip()
+    text = tracker.read_bytes().decode("utf-8", errors="replace").strip()
     try:
         return int(text)
     except ValueError:
@@ -91,6 +95,8 @@ def check_save_dir(ckpt: Checkpointing) -> None:
     """
     if ckpt.save is None:
         return
+    if ckpt.save.exists() and not ckpt.save.is_dir():
+        raise CheckpointError(f"save: {ckpt.save} is a file, not a folder for checkpoints")
     probe = ckpt.save / f".write-probe-{os.getpid()}"
     try:
         ckpt.save.mkdir(parents=True, exist_ok=True)
@@ -112,10 +118,20 @@ def verify_files(folder: Path) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
-    for name in (METADATA_FILE, COMMON_FILE):
+    for name in (FORMAT_FILE, COMMON_FILE):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: {name} is missing (an incomplete or damaged checkpoint; load an "
                                   f"earlier iter_* folder)")
+    try:
+        backend = json.loads((folder / FORMAT_FILE).read_bytes()).get("sharded_backend")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {folder / FORMAT_FILE}: {_cause(exc)} (the checkpoint is damaged; "
+                              f"load an earlier iter_* folder)") from None
+    if backend != "torch_dist":
+        return  # another of megatron's formats: its own loader checks it
+    if not (folder / METADATA_FILE).is_file():
+        raise CheckpointError(f"{folder}: {METADATA_FILE} is missing (an incomplete or damaged checkpoint; load an "
+                              f"earlier iter_* folder)")
     try:
         metadata = dcp.FileSystemReader(str(folder)).read_metadata()
     except _CHECKPOINT_FAILURES as exc:
@@ -134,8 +150,14 @@ def verify_files(folder: Path) -> None:
 
 
 def _latest(root: Path) -> str:
+    """The latest complete checkpoint, and the free space there: torch words a full disk obscurely."""
     iteration = read_tracker(root) if (root / TRACKER_FILE).is_file() else None
-    return "none" if iteration is None else str(iteration_dir(root, iteration))
+    latest = "none" if iteration is None else str(iteration_dir(root, iteration))
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return latest
+    return f"{latest} ({free / 2**20:.1f} MiB free there)"
 
 
 def _abandon(partial: Path, rank: int) -> None:

@@ -17,6 +17,7 @@ job's rendezvous store (``MASTER_ADDR:MASTER_PORT``, the store ``init_process_gr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 
 from primus_runtime.errors import PrimusRuntimeError
 
-POLL_S = 0.5  # how often a rank looks for a peer's failure
+POLL_S = 1.0  # how often a rank looks for a peer's failure
 ACK_WAIT_S = 10.0  # how long the failing rank waits for the others to see it before it exits
 
 
@@ -99,8 +100,14 @@ def watch(rank: int, world: int) -> None:
         return
     import torch.distributed
 
-    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                       timeout=timedelta(seconds=60))
+    try:
+        store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                           is_master=False, timeout=timedelta(seconds=60))
+    except (RuntimeError, ValueError) as exc:  # the job runs on; only this safety net is missing
+        logging.getLogger("primus_runtime.trainer").warning(
+            "cannot watch for other ranks' failures (rendezvous store %s:%s: %s): a failing rank may leave this one "
+            "waiting until the collective timeout", os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], exc)
+        return
     # a restarted torchrun job reuses the store: keep each attempt's keys apart
     prefix = f"primus_runtime/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     _watch = _Watch(store, rank, world, prefix)
