@@ -138,8 +138,9 @@ def verify_files(folder: Path) -> None:
         raise CheckpointError(f"cannot read {folder / METADATA_FILE}: {_cause(exc)} (the checkpoint is "
                               f"damaged; load an earlier iter_* folder)") from None
     needed: dict[str, int] = {}
-    for info in metadata.storage_data.values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        if isinstance(getattr(info, "relative_path", None), str):  # a file writer's record
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
     for relative, size in sorted(needed.items()):
         path = folder / relative
         have = path.stat().st_size if path.is_file() else None

@@ -30,6 +30,9 @@ from primus_runtime.errors import PrimusRuntimeError
 
 POLL_S = 1.0  # how often a rank looks for a peer's failure
 ACK_WAIT_S = 10.0  # how long the failing rank waits for the others to see it before it exits
+#: how long a rank that saw the failure stays after saying so: rank 0 may host the store (env://
+#: without torchrun), and the failing rank reads the acknowledgements from it
+ACK_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class _Watch:
                 return
             sys.stderr.write(f"error: {PeerFailed(failure)}\n")
             sys.stderr.flush()
+            time.sleep(ACK_GRACE_S)
             os._exit(failure.exit_code)
 
 
