@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -263,3 +264,21 @@ def test_one_failing_rank_ends_every_rank_with_its_message(helperless_tree: Path
     results = launch(helperless_tree, exp, rank_env={1: {"LOCAL_RANK": "0", "CXX": "false"}})
     rank0, rank1 = failed(results, 4, "compiling", "helpers.cpp failed (false exit 1)")
     assert rank1.startswith("error: compiling ") and rank0.startswith("error: rank 1: compiling ")
+
+
+# --- preprocess after a kill -9 (item 9) -------------------------------------------------------
+
+def test_preprocess_removes_the_staging_folder_a_killed_run_left(tree: Path, work: Path, corpus: Path,
+                                                                 hf_dir: Path) -> None:
+    out = work / "after-kill"
+    out.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = out / f".corpus_text_document.partial-{socket.gethostname()}-{gone.pid}-abc_12"
+    stale.mkdir()
+    (stale / "corpus_text_document.bin").write_bytes(b"\0" * 4096)
+    proc = run_in_tree(tree, "-m", "primus_runtime", "preprocess", "--input", str(corpus), "--output-prefix",
+                       str(out / "corpus"), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                       str(hf_dir), "--quiet")
+    assert f"removed {stale}, left by an interrupted run" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["corpus_text_document.bin", "corpus_text_document.idx"]
