@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -92,9 +93,9 @@ def check_prefix(prefix: str, key: str) -> None:
                         f"{bin_size}")
 
 
-def _read(fh: object, offset: int, fmt: str) -> int:
-    fh.seek(offset)  # type: ignore[attr-defined]
-    return int(struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0])  # type: ignore[attr-defined]
+def _read(fh: BinaryIO, offset: int, fmt: str) -> int:
+    fh.seek(offset)
+    return int(struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0])
 
 
 def npy_problem(path: Path) -> str | None:
