@@ -20,6 +20,10 @@ from primus_runtime.config.loader import Experiment, config_root, load_experimen
 from primus_runtime.errors import PrimusRuntimeError
 
 
+class OutputError(PrimusRuntimeError):
+    """A command cannot write the file it was asked to."""
+
+
 def _experiment(args: argparse.Namespace, rest: Sequence[str]) -> Experiment:
     return load_experiment(Path(args.exp), rest)
 
@@ -53,7 +57,10 @@ def cmd_dump(args: argparse.Namespace, rest: Sequence[str]) -> int:
     }
     text = yaml.safe_dump(document, sort_keys=False)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"-o {args.output}: cannot write: {exc.strerror}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -76,16 +83,36 @@ def cmd_check(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    """Train under torchrun (one process per GPU; gloo on CPU). Flags are checked before any heavy work."""
+    """Train under torchrun (one process per GPU; gloo on CPU). Flags are checked before any heavy work.
+
+    A failure on one rank ends every rank of the job with the first failing rank's message
+    (:mod:`primus_runtime.trainer.fatal`).
+    """
+    from primus_runtime.trainer import fatal
     from primus_runtime.trainer.main import train
 
-    return train(Path(args.exp), rest)
+    try:
+        return train(Path(args.exp), rest)
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        first = fatal.report(exc)
+        if first is not None:
+            raise first from None
+        raise
 
 
-def _delegate(target: str) -> Callable[[argparse.Namespace, Sequence[str]], int]:
-    """A command whose own parser lives in another module (it gets the remaining arguments)."""
+def _delegate(target: str, needs_megatron: bool = False) -> Callable[[argparse.Namespace, Sequence[str]], int]:
+    """A command whose own parser lives in another module (it gets the remaining arguments).
+
+    ``needs_megatron``: say what to install, on one line, before the module imports megatron.core.
+    """
 
     def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
+        if needs_megatron and not {"-h", "--help"} & set(rest):
+            from primus_runtime.wheel_info import megatron_core_package
+
+            megatron_core_package()
         module_name, _, function = target.partition(":")
         module = __import__(module_name, fromlist=[function])
         return int(getattr(module, function)(list(rest)))
@@ -119,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
          "Tokenize a JSONL corpus into Megatron .bin/.idx files."),
     ):
         command = sub.add_parser(name, help=help_text, add_help=False)
-        command.set_defaults(handler=_delegate(target))
+        command.set_defaults(handler=_delegate(target, needs_megatron=True))
     return parser
 
 

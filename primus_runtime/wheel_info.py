@@ -41,6 +41,13 @@ def installed_megatron_core() -> WheelInfo:
     ``PYTHONPATH``) and reads the manifest a primus-rewriter build carries. The version is the
     distribution's where one is installed, else the manifest's, else ``package_info.py``'s.
     """
+    package = megatron_core_package()
+    manifest = read_manifest(package / "_primus" / "manifest.json")
+    return WheelInfo(version=_version(package, manifest), patched=manifest is not None, manifest=manifest)
+
+
+def megatron_core_package() -> Path:
+    """The folder ``import megatron.core`` would load, found without importing it."""
     try:
         spec = importlib.util.find_spec("megatron.core")
     except ModuleNotFoundError:
@@ -50,12 +57,34 @@ def installed_megatron_core() -> WheelInfo:
             "megatron-core is not importable: install the patched wheel (python -m rewriter build; "
             "pip install build/out/megatron_core-*.whl) or upstream megatron-core"
         )
-    package = Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A patched wheel's manifest (None for an unpatched megatron-core), with the keys the runtime reads."""
     try:
-        manifest = json.loads((package / "_primus" / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        manifest = None
-    return WheelInfo(version=_version(package, manifest), patched=manifest is not None, manifest=manifest)
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WheelManifestError(f"{path}: unreadable ({type(exc).__name__}: {exc}); the installed megatron-core "
+                                 f"is damaged: reinstall its wheel") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise WheelManifestError(f"{path}: {problem}; the installed megatron-core is damaged: reinstall its wheel")
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, found {type(manifest).__name__}"
+    for section, key in (("package", "version"), ("patchset", "version")):
+        if not isinstance(manifest.get(section), dict) or not isinstance(manifest[section].get(key), str):
+            return f"no {section}.{key} string"
+    flags = manifest.get("flags")
+    if not isinstance(flags, list) or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in flags):
+        return "flags is not a list of objects with a name"
+    return None
 
 
 def _version(package: Path, manifest: dict[str, Any] | None) -> str:
@@ -74,6 +103,10 @@ def _version(package: Path, manifest: dict[str, Any] | None) -> str:
 
 class MegatronCoreMissing(PrimusRuntimeError):
     """No megatron-core can be imported in this environment."""
+
+
+class WheelManifestError(PrimusRuntimeError):
+    """The installed megatron-core's ``_primus/manifest.json`` cannot be read."""
 
 
 class WheelFlavorError(PrimusRuntimeError):

@@ -15,7 +15,8 @@ Why it is shaped this way:
   (``Pool.imap`` would read the whole input ahead of the workers).
 * Outputs are built under a temporary directory beside the final files and renamed into place
   only when every key is complete: a failed or interrupted run leaves no half-written pair and
-  never replaces an existing good one.
+  never replaces an existing good one. The folder's name carries host and process id, so the
+  next run removes one that a killed run left (:func:`remove_stale_partials`).
 * Input errors name ``file:line``, since a corpus is too large to search for a bad record by hand.
 """
 
@@ -26,6 +27,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -201,7 +203,10 @@ def preprocess(args: argparse.Namespace, log: TextIO = sys.stderr) -> Totals:
     finals = [Path(p) for p in output_prefixes(args.output_prefix, args.json_keys)]
     out_dir = finals[0].parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{finals[0].name}.partial-", dir=out_dir))
+    for stale in remove_stale_partials(out_dir, finals[0].name):
+        print(f"removed {stale}, left by an interrupted run", file=log)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(finals[0].name)}{socket.gethostname()}-{os.getpid()}-",
+                                    dir=out_dir))
     try:
         temps = [staging / p.name for p in finals]
         builders = [IndexedDatasetBuilder(f"{t}.bin", dtype=dtype) for t in temps]
@@ -215,6 +220,50 @@ def preprocess(args: argparse.Namespace, log: TextIO = sys.stderr) -> Totals:
         return totals
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+#: a staging folder of another host is only taken for abandoned after this long
+STALE_FOREIGN_S = 24 * 3600
+
+
+def _partial_prefix(name: str) -> str:
+    return f".{name}.partial-"
+
+
+def remove_stale_partials(out_dir: Path, name: str) -> list[Path]:
+    """Remove staging folders that runs killed with SIGKILL (or a lost node) left behind; return them.
+
+    A staging folder is named ``.<name>.partial-<host>-<pid>-<random>``: one of this host whose
+    process is gone is abandoned; one of another host is taken for abandoned only when untouched
+    for a day (its process cannot be asked); one of a live process is a concurrent run, kept.
+    """
+    removed = []
+    now = time.time()
+    for folder in out_dir.glob(f"{_partial_prefix(name)}*"):
+        owner = folder.name[len(_partial_prefix(name)):].split("-")
+        pid = int(owner[-2]) if len(owner) >= 3 and owner[-2].isdigit() else None
+        host = "-".join(owner[:-2]) if pid is not None else None
+        if host == socket.gethostname() and pid is not None:
+            abandoned = not _alive(pid)
+        else:
+            try:
+                abandoned = now - folder.stat().st_mtime > STALE_FOREIGN_S
+            except OSError:
+                continue
+        if abandoned and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
+    return True
 
 
 def _run(source: Path, job: EncodeJob, args: argparse.Namespace, builders: list[Any], totals: Totals, log: TextIO) -> None:

@@ -11,6 +11,7 @@ parts. One module per job, in the order a run uses them:
 - :mod:`.data`        mock or indexed GPT datasets, the consumed-samples sampler, iterators
 - :mod:`.step`        forward step and loss, one training step, evaluation
 - :mod:`.checkpoint`  dist_checkpointing save/load, atomic on disk
+- :mod:`.fatal`       one rank's fatal error ends every rank of the job, with its message
 - :mod:`.flops`       Megatron's FLOPs-per-iteration formula (for TFLOP/s)
 - :mod:`.report`      the iteration line, memory figures (``use_rocm_mem_info``)
 - :mod:`.trackers`    TensorBoard, Weights & Biases, MLflow

@@ -10,10 +10,18 @@ rank 0 rename it to ``iter_0000042`` and then replace the tracker file (write a 
 ``os.replace``). A run killed during a save therefore leaves at most a ``.partial`` folder,
 which nothing reads and the next save of that iteration removes; the tracker always names a
 complete checkpoint.
+
+Failures are :class:`CheckpointError` (exit 5), one line naming the folder or file: a ``save``
+folder that cannot be written is found by :func:`check_save_dir` before training; a save that
+fails (a full disk) removes its ``.partial`` folder and leaves the previous checkpoint as the
+latest; a damaged checkpoint (missing ``.metadata``, a shard file shorter than ``.metadata``
+says, an unreadable ``common.pt``) is found before or while loading. A checkpoint folder holds
+pickles: load only checkpoints you trust.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -25,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from primus_runtime.errors import PrimusRuntimeError
 from primus_runtime.trainer.options import TRACKER_FILE, Checkpointing
@@ -32,12 +41,34 @@ from primus_runtime.trainer.options import TRACKER_FILE, Checkpointing
 log = logging.getLogger("primus_runtime.trainer")
 
 CHECKPOINT_VERSION = 1
+METADATA_FILE = ".metadata"  # torch distributed checkpointing's index of every shard's bytes
+FORMAT_FILE = "metadata.json"  # megatron's: which sharded format the folder holds
+COMMON_FILE = "common.pt"  # megatron's rank-0 state: iteration, samples, scheduler
 #: test hook: rank 0 exits (status 17) after writing this iteration's shards, before the rename
 CRASH_IN_SAVE_ENV = "PRIMUS_TRAINER_TEST_CRASH_IN_SAVE"
 
 
 class CheckpointError(PrimusRuntimeError):
     exit_code = 5
+
+
+#: what loading and saving raise: torch's CheckpointException derives from BaseException only
+_CHECKPOINT_FAILURES: tuple[type[BaseException], ...] = (Exception, CheckpointException)
+
+
+def _cause(exc: BaseException) -> str:
+    """The first underlying error of ``exc``, on one line.
+
+    torch's CheckpointException prints a traceback per rank; its ``failures`` hold the real
+    errors (an EOFError, a FileNotFoundError, ...), which are what the user can act on.
+    """
+    if isinstance(exc, CheckpointException) and exc.failures:
+        rank, (inner, _) = sorted(exc.failures.items(), key=lambda item: item[0])[0]
+        return f"{_cause(inner)} (rank {rank})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def iteration_dir(root: Path, iteration: int) -> Path:
@@ -49,11 +80,103 @@ def read_tracker(root: Path) -> int | None:
     tracker = root / TRACKER_FILE
     if not tracker.is_file():
         return None
-    text = tracker.read_text(encoding="utf-8").strip()
+    text = tracker.read_bytes().decode("utf-8", errors="replace").strip()
     try:
         return int(text)
     except ValueError:
         raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}") from None
+
+
+def check_save_dir(ckpt: Checkpointing) -> None:
+    """Refuse a ``save`` folder this rank cannot write, before any training is spent.
+
+    Creates it when missing and writes and removes a probe file there: permission bits alone do
+    not say (root, read-only mounts, a full disk). Every rank checks, as every rank writes shards.
+    """
+    if ckpt.save is None:
+        return
+    if ckpt.save.exists() and not ckpt.save.is_dir():
+        raise CheckpointError(f"save: {ckpt.save} is a file, not a folder for checkpoints")
+    probe = ckpt.save / f".write-probe-{os.getpid()}"
+    try:
+        ckpt.save.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"0")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"save: cannot write checkpoints to {ckpt.save}: {_cause(exc)}") from None
+
+
+def verify_files(folder: Path) -> None:
+    """Refuse a checkpoint whose files are missing or shorter than its ``.metadata`` records.
+
+    ``.metadata`` (torch distributed checkpointing) lists, for every tensor and object, the
+    shard file and the byte range that holds it: a file shorter than its furthest range was
+    truncated (an interrupted copy, a full disk) and loading it would fail deep in torch.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    for name in (FORMAT_FILE, COMMON_FILE):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: {name} is missing (an incomplete or damaged checkpoint; load an "
+                                  f"earlier iter_* folder)")
+    try:
+        backend = json.loads((folder / FORMAT_FILE).read_bytes()).get("sharded_backend")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {folder / FORMAT_FILE}: {_cause(exc)} (the checkpoint is damaged; "
+                              f"load an earlier iter_* folder)") from None
+    if backend != "torch_dist":
+        return  # another of megatron's formats: its own loader checks it
+    if not (folder / METADATA_FILE).is_file():
+        raise CheckpointError(f"{folder}: {METADATA_FILE} is missing (an incomplete or damaged checkpoint; load an "
+                              f"earlier iter_* folder)")
+    try:
+        metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+    except _CHECKPOINT_FAILURES as exc:
+        raise CheckpointError(f"cannot read {folder / METADATA_FILE}: {_cause(exc)} (the checkpoint is "
+                              f"damaged; load an earlier iter_* folder)") from None
+    needed: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        if isinstance(getattr(info, "relative_path", None), str):  # a file writer's record
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for relative, size in sorted(needed.items()):
+        path = folder / relative
+        have = path.stat().st_size if path.is_file() else None
+        if have is None or have < size:
+            state = "is missing" if have is None else f"has {have} bytes"
+            raise CheckpointError(f"{path}: {state}, {METADATA_FILE} records {size} (a truncated checkpoint; "
+                                  f"load an earlier iter_* folder)")
+
+
+def _latest(root: Path) -> str:
+    """The latest complete checkpoint, and the free space there: torch words a full disk obscurely."""
+    iteration = read_tracker(root) if (root / TRACKER_FILE).is_file() else None
+    latest = "none" if iteration is None else str(iteration_dir(root, iteration))
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return latest
+    return f"{latest} ({free / 2**20:.1f} MiB free there)"
+
+
+def _abandon(partial: Path, rank: int) -> None:
+    """Drop a failed save's folder (rank 0): nothing reads it, and a full disk wants the space back."""
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _publish(root: Path, partial: Path, final: Path, iteration: int) -> None:
+    """Rank 0, once every rank has written: the partial folder becomes ``final``, then the tracker names it."""
+    old = root / f".{final.name}.old"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(partial, final)
+    _fsync_dir(root)
+    _write_tracker(root, iteration)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_tracker(root: Path, iteration: int) -> None:
@@ -147,9 +270,12 @@ def save(ckpt: Checkpointing, iteration: int, train: TrainState, chunks: list[An
     final = iteration_dir(root, iteration)
     partial = root / f".{final.name}.partial"
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+        except OSError as exc:
+            raise CheckpointError(f"cannot save iteration {iteration} to {root}: {_cause(exc)}") from None
     torch.distributed.barrier()
     state = _state_dict(chunks, optimizer, params, with_optim=not ckpt.no_save_optim,
                         with_rng=not ckpt.no_save_rng, loading=False)
@@ -157,7 +283,12 @@ def save(ckpt: Checkpointing, iteration: int, train: TrainState, chunks: list[An
                  consumed_train_samples=train.consumed_train_samples,
                  consumed_valid_samples=train.consumed_valid_samples,
                  scheduler=scheduler.state_dict(), params=dict(params))
-    dist_checkpointing.save(state, str(partial), validate_access_integrity=True)
+    try:
+        dist_checkpointing.save(state, str(partial), validate_access_integrity=True)
+    except _CHECKPOINT_FAILURES as exc:
+        _abandon(partial, rank)
+        raise CheckpointError(f"cannot save iteration {iteration} to {root}: {_cause(exc)}; the latest complete "
+                              f"checkpoint is still {_latest(root)}") from None
     if rank == 0 and os.environ.get(CRASH_IN_SAVE_ENV) == str(iteration):
         log.error("test hook %s: exiting in the middle of saving iteration %d", CRASH_IN_SAVE_ENV, iteration)
         import psutil
@@ -167,14 +298,12 @@ def save(ckpt: Checkpointing, iteration: int, train: TrainState, chunks: list[An
         os._exit(17)
     torch.distributed.barrier()
     if rank == 0:
-        old = root / f".{final.name}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(partial, final)
-        _fsync_dir(root)
-        _write_tracker(root, iteration)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            _publish(root, partial, final, iteration)
+        except OSError as exc:
+            _abandon(partial, rank)
+            raise CheckpointError(f"cannot record iteration {iteration} in {root}: {_cause(exc)}; the latest "
+                                  f"complete checkpoint is still {_latest(root)}") from None
     torch.distributed.barrier()
     log.info("saved checkpoint of iteration %d to %s", iteration, final)
     return final
@@ -194,7 +323,12 @@ def load(ckpt: Checkpointing, chunks: list[Any], optimizer: Any, scheduler: Any,
     folder = iteration_dir(ckpt.load, iteration)
     if not folder.is_dir():
         raise CheckpointError(f"{ckpt.load / TRACKER_FILE} names iteration {iteration}, but {folder} is missing")
-    common = dist_checkpointing.load_common_state_dict(str(folder))
+    verify_files(folder)
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(folder))
+    except _CHECKPOINT_FAILURES as exc:
+        raise CheckpointError(f"cannot read {folder / COMMON_FILE}: {_cause(exc)} (the checkpoint is damaged; "
+                              f"load an earlier iter_* folder)") from None
     with_optim = not (ckpt.finetune or ckpt.no_load_optim)
     with_rng = not (ckpt.finetune or ckpt.no_load_rng)
     if with_optim:
@@ -202,9 +336,10 @@ def load(ckpt: Checkpointing, chunks: list[Any], optimizer: Any, scheduler: Any,
     state = _state_dict(chunks, optimizer, params, with_optim=with_optim, with_rng=with_rng, loading=True)
     try:
         loaded = dist_checkpointing.load(state, str(folder))
-    except Exception as exc:  # dist_checkpointing raises several kinds; say which checkpoint and what to try
-        raise CheckpointError(f"cannot load {folder}: {exc} (a different parallel layout needs no_load_rng; "
-                              f"a different model cannot be loaded)") from exc
+    except _CHECKPOINT_FAILURES as exc:  # several kinds; say which checkpoint and what to try
+        raise CheckpointError(f"cannot load {folder}: {_cause(exc)} (a damaged checkpoint: load an earlier "
+                              f"iter_* folder; a different parallel layout needs no_load_rng; a different model "
+                              f"cannot be loaded)") from None
     with torch.no_grad():  # the distributed optimizer copies into views of fp32 parameters
         for key, chunk in zip(_model_keys(chunks), chunks):
             chunk.module.load_state_dict(loaded[key])
@@ -221,7 +356,6 @@ def load(ckpt: Checkpointing, chunks: list[Any], optimizer: Any, scheduler: Any,
     log.info("resumed from %s: iteration %d, %d samples consumed", folder, iteration,
              common["consumed_train_samples"])
     return TrainState(iteration, int(common["consumed_train_samples"]), int(common["consumed_valid_samples"]))
-
 
 
 def _init_optimizer_state(optimizer: Any) -> None:

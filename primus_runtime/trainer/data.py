@@ -12,10 +12,13 @@ stopped. Only the pipeline's first and last stages read data (tokens and labels/
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,8 +61,10 @@ def token_ids(params: Mapping[str, Any]) -> TokenIds:
 def ensure_dataset_helpers(params: Mapping[str, Any], rank: int) -> str:
     """``disable_compile_dependencies`` (spec M3): build megatron's C++ dataset helpers at run time?
 
-    True (the default) never builds them: wheels ship ``helpers_cpp``. False calls megatron's
-    ``compile_helpers`` on rank 0 when ``helpers_cpp`` is not importable. Returns what happened.
+    True (the default) never builds them: wheels ship ``helpers_cpp``. False compiles
+    ``helpers.cpp`` when ``helpers_cpp`` is not importable, on each node's local rank 0 (the
+    others wait), as the wheel build does (:mod:`primus_runtime.data.helper_build`; megatron's
+    ``compile_helpers`` runs a Makefile megatron-core does not have). Returns what happened.
     """
     have = importlib.util.find_spec("megatron.core.datasets.helpers_cpp") is not None
     if have:
@@ -67,14 +72,38 @@ def ensure_dataset_helpers(params: Mapping[str, Any], rank: int) -> str:
     if params.get("disable_compile_dependencies", True):
         return ("dataset helpers: helpers_cpp is not installed and disable_compile_dependencies is true, so it is "
                 "not built; datasets will fail to import it")
-    if rank == 0:
-        from megatron.core.datasets.utils import compile_helpers
+    built = "by local rank 0"
+    if int(os.environ.get("LOCAL_RANK", rank)) == 0:
+        import megatron.core.datasets
 
-        log.info("> compiling dataset index builder (megatron.core.datasets.utils.compile_helpers)")
-        compile_helpers()
+        from primus_runtime.data.helper_build import compile_helper
+
+        log.info("> compiling megatron's dataset helper (disable_compile_dependencies is false)")
+        built = str(compile_helper(Path(next(iter(megatron.core.datasets.__path__)))))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return "dataset helpers: compiled at run time (disable_compile_dependencies is false)"
+    importlib.invalidate_caches()
+    return f"dataset helpers: compiled at run time (disable_compile_dependencies is false): {built}"
+
+
+DATA_KEYS = ("data_path", "train_data_path", "valid_data_path", "test_data_path")
+
+
+def check_data(params: Mapping[str, Any]) -> None:
+    """Every dataset prefix readable (a :class:`DataError` naming the file otherwise), on every rank,
+    before megatron opens any; then rank 0 removes damaged cached sample orders, to be rebuilt."""
+    from primus_runtime.data.indexed_check import check_prefix, prefixes, repair_index_cache
+
+    keys = ("data_path",) if params.get("data_path") else DATA_KEYS[1:]
+    found = [(key, prefix) for key in keys for prefix in prefixes(key, params.get(key))]
+    for key, prefix in found:
+        check_prefix(prefix, key)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return  # megatron builds the cache on rank 0 while the others wait, and so is it repaired
+    cache = params.get("data_cache_path")
+    folders = [Path(cache)] if cache else [Path(prefix) / "cache" / "GPTDataset_indices" for _, prefix in found]
+    for warning in repair_index_cache(folders):
+        log.warning(warning)
 
 
 def _blend(value: Any) -> tuple[list[str], list[float] | None] | None:
@@ -92,6 +121,8 @@ def build_datasets(params: Mapping[str, Any], ids: TokenIds, sizes: list[int], n
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     mock = bool(params.get("mock_data"))
+    if not mock:
+        check_data(params)
     per_split = [_blend(params.get(k)) for k in ("train_data_path", "valid_data_path", "test_data_path")]
     blend = None if mock else _blend(params.get("data_path"))
     if not mock and blend is None and not any(per_split):

@@ -32,6 +32,7 @@ def run(exp: Experiment) -> int:
     for note in (*tracking.notes, *ckpt.notes):
         log.warning(note)
     log.info("layout: %s; batches: %s", layout, batches)
+    checkpoint.check_save_dir(ckpt)
 
     setup.init_parallel_state(layout, params)
     setup.set_seeds(int(params.get("seed", 1234)))

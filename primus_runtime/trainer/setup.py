@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from primus_runtime.trainer import fatal
 from primus_runtime.trainer.options import Layout, Schedule
 
 log = logging.getLogger("primus_runtime.trainer")
@@ -41,7 +42,9 @@ def init_distributed(params: Mapping[str, Any]) -> tuple[int, int]:
             os.environ.setdefault("MASTER_PORT", "29500")
         torch.distributed.init_process_group(
             backend, timeout=timedelta(minutes=int(params.get("distributed_timeout_minutes", 10))))
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    fatal.watch(rank, world)  # from here on, one rank's failure ends every rank with its message
+    return rank, world
 
 
 def init_parallel_state(layout: Layout, params: Mapping[str, Any]) -> None:
