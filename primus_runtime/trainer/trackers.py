@@ -8,6 +8,7 @@ under ``<exp_root>/mlflow``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -26,6 +27,13 @@ class Writers:
         self.tensorboard = self.wandb = self.mlflow = None
         if not active:
             return
+        try:
+            self._start(settings, params)
+        except BaseException:
+            self.close()  # the ones already started
+            raise
+
+    def _start(self, settings: Trackers, params: Mapping[str, Any]) -> None:
         if settings.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -71,14 +79,17 @@ class Writers:
             mlflow.log_metrics({k.replace(" ", "_"): v for k, v in values.items()}, step=step)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.mlflow is not None:
-            import mlflow
+        """Close every tracker that runs, even when closing one of them fails."""
+        with contextlib.ExitStack() as closing:
+            if self.tensorboard is not None:
+                closing.callback(self.tensorboard.close)
+            if self.wandb is not None:
+                closing.callback(self.wandb.finish)
+            if self.mlflow is not None:
+                import mlflow
 
-            mlflow.end_run()
+                closing.callback(mlflow.end_run)
+        self.tensorboard = self.wandb = self.mlflow = None
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
