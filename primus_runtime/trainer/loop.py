@@ -24,6 +24,7 @@ from primus_runtime.trainer.metrics import Metrics
 
 
 def run(exp: Experiment) -> int:
+    """Train ``exp`` (every rank calls this); 0 on success, an exception otherwise."""
     cfg = TrainerConfig.from_params(exp.params)
     train_iters, seq = cfg.run.train_iters, cfg.run.seq_length
     if not train_iters:
