@@ -76,7 +76,7 @@ class Trainer:
             shutil.rmtree(self.workdir / name, ignore_errors=True)
             proc = self._launch(tree, nproc, exp)
         if proc.returncode != 0:
-            errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+            errors = [line for line in proc.stderr.splitlines() if "Error" in line or line.startswith("error: ")]
             return {"failed": True, "errors": errors, "stderr": proc.stderr[-4000:]}
         records = metrics(self.workdir / name)
         log = (self.workdir / name / "logs" / "rank_0.log").read_text()

@@ -97,8 +97,9 @@ def test_fused_router_with_aux_score_disabled_router_is_upstream_bit_for_bit(tra
 DEPRECATED = {"use_deprecated_20241209_moe_layer": True}
 DEPRECATED_CLASS = "megatron.core._primus.moe_20241209.layer.DeprecatedMoELayer"
 # 0.10.0's SequentialMLP sizes experts by ffn_hidden_size (it asserts moe_ffn_hidden_size equals it);
-# with every layer of the tiny DeepSeek model MoE, ffn_hidden_size is otherwise unused
-DEEPSEEK_DEPRECATED_ARCH = {"ffn_hidden_size": 48, "moe_layer_freq": 1}
+# with every layer of the tiny DeepSeek model MoE, ffn_hidden_size is otherwise unused. 0.10.0's
+# router has no seq_aux_loss (DeepSeek-V2's): the plain aux loss, in both runs.
+DEEPSEEK_DEPRECATED_ARCH = {"ffn_hidden_size": 48, "moe_layer_freq": 1, "moe_router_load_balancing_type": "aux_loss"}
 
 
 @pytest.mark.parametrize(("model", "dispatcher", "ep"), [
