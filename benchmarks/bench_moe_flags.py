@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from bench_trainer import compile_helpers, free_port
@@ -33,22 +34,23 @@ WORK = REPO / ".devicework"
 TIMING_WARMUP = 5  # iterations left out of the means (allocator and kernel warm-up)
 
 #: 20 steps of 8 sequences of 2048 tokens (2 per microbatch), bf16, Adam at 3e-4
-TRAINING = {"train_iters": 20, "seq_length": 2048, "max_position_embeddings": 2048, "global_batch_size": 8,
+TRAINING: dict[str, Any] = {"train_iters": 20, "seq_length": 2048, "max_position_embeddings": 2048, "global_batch_size": 8,
             "micro_batch_size": 2, "bf16": True, "lr": 3.0e-4, "lr_decay_style": "constant", "weight_decay": 0.0,
             "mock_data": True, "vocab_size": 32000, "eval_iters": 0, "num_workers": 0,
             "moe_grouped_gemm": False}
 # Mixtral-style and DeepSeek-V2-Lite-style, at a size one GPU trains in well under a second per step
-MIXTRAL = ("mixtral_base.yaml", {"num_layers": 4, "hidden_size": 2048, "num_attention_heads": 16,
+Model = tuple[str, dict[str, Any]]  # (zoo model file, architecture overrides)
+MIXTRAL: Model = ("mixtral_base.yaml", {"num_layers": 4, "hidden_size": 2048, "num_attention_heads": 16,
                                  "num_query_groups": 4, "ffn_hidden_size": 5632, "num_experts": 8,
                                  "moe_router_topk": 2, "moe_ffn_hidden_size": 5632})
-DEEPSEEK = ("deepseek_v2_base.yaml", {"num_layers": 4, "hidden_size": 2048, "num_attention_heads": 16,
+DEEPSEEK: Model = ("deepseek_v2_base.yaml", {"num_layers": 4, "hidden_size": 2048, "num_attention_heads": 16,
                                       "ffn_hidden_size": 5632, "q_lora_rank": None, "kv_lora_rank": 512,
                                       "qk_head_dim": 128, "qk_pos_emb_head_dim": 64, "v_head_dim": 128,
                                       "num_experts": 8, "moe_router_topk": 2, "moe_ffn_hidden_size": 1408,
                                       "moe_shared_expert_intermediate_size": 2816, "moe_layer_freq": 1})
 EVEN = {"moe_router_force_load_balancing": True, "moe_router_force_load_balancing_type": "even"}
 
-CONFIGS = [
+CONFIGS: list[tuple[str, str, Model, dict[str, Any]]] = [
     # (name, tree, (model file, architecture), flags)
     ("mixtral upstream", "upstream", MIXTRAL, {}),
     ("mixtral upstream, again (noise)", "upstream", MIXTRAL, {}),
@@ -79,7 +81,7 @@ def stage() -> None:
     print(f"staged {WORK}; carry it with the device tool (carry: ['.devicework'])")
 
 
-def experiment(out_dir: Path, name: str, model: tuple[str, dict], flags: dict) -> Path:  # type: ignore[type-arg]
+def experiment(out_dir: Path, name: str, model: Model, flags: dict[str, Any]) -> Path:
     doc = {"work_group": "bench", "user_name": "moe", "exp_name": name, "workspace": str(out_dir),
            "modules": {"pre_trainer": {"framework": "megatron", "config": "pre_trainer.yaml", "model": model[0],
                                        "overrides": {**TRAINING, **model[1], **flags}}}}
@@ -88,7 +90,7 @@ def experiment(out_dir: Path, name: str, model: tuple[str, dict], flags: dict) -
     return path
 
 
-def train(out_dir: Path, name: str, tree: str, model: tuple[str, dict], flags: dict) -> dict | None:  # type: ignore[type-arg]
+def train(out_dir: Path, name: str, tree: str, model: Model, flags: dict[str, Any]) -> dict[str, Any] | None:
     """One run's step time, tokens/s, peak memory and losses, or None when it failed (printed)."""
     exp = experiment(out_dir, name, model, flags)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORK / tree), str(REPO)]), "PYTHONWARNINGS": "ignore",
@@ -122,13 +124,13 @@ def run(out_dir: Path) -> None:
               f"{result['peak_gib']:6.2f} GiB  loss {result['losses'][-1]:.4f}", flush=True)
     (out_dir / "results.json").write_text(json.dumps(rows, indent=1))
     by_name = dict(rows)
-    for model in ("mixtral", "deepseek"):
-        base = by_name.get(f"{model} upstream")
-        for other in (f"{model} upstream, again (noise)", f"{model} patched, flags off"):
+    for family in ("mixtral", "deepseek"):
+        base = by_name.get(f"{family} upstream")
+        for other in (f"{family} upstream, again (noise)", f"{family} patched, flags off"):
             run_ = by_name.get(other)
             if base and run_:
                 worst = max(abs(a - b) / abs(b) for a, b in zip(run_["losses"], base["losses"]))
-                print(f"{other} vs {model} upstream: step time {run_['step_ms'] / base['step_ms']:.3f}, "
+                print(f"{other} vs {family} upstream: step time {run_['step_ms'] / base['step_ms']:.3f}, "
                       f"tokens/s {run_['tokens_per_s'] / base['tokens_per_s']:.3f}; losses bit-identical: "
                       f"{run_['losses'] == base['losses']}, largest relative difference {worst:.2e}")
 

@@ -15,7 +15,7 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from primus_runtime.errors import ConfigError
 
@@ -146,13 +146,16 @@ class LoggingConfig:
     stderr_sink_level: str
 
 
-Section = TypeVar("Section")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Section = TypeVar("Section", bound="DataclassInstance")
 
 
 def section(cls: type[Section], params: Mapping[str, Any]) -> Section:
     """``cls`` with each field read from ``params`` by name (lists as tuples)."""
     values = {}
-    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for item in dataclasses.fields(cls):
         if item.name not in params:
             raise ConfigError(f"trainer option {item.name!r} is missing from the resolved config; the shipped "
                               f"defaults (configs/modules/pre_trainer.yaml) must declare it")

@@ -209,4 +209,4 @@ def should_save(ckpt: Checkpointing, iteration: int, train_iters: int, final: bo
         return False
     if final:
         return True
-    return bool(ckpt.save_interval) and iteration % ckpt.save_interval == 0
+    return ckpt.save_interval is not None and ckpt.save_interval > 0 and iteration % ckpt.save_interval == 0

@@ -24,7 +24,10 @@ class Writers:
     """Scalars to every enabled tracker; a no-op where none is."""
 
     def __init__(self, settings: Trackers, params: Mapping[str, Any], active: bool) -> None:
-        self.tensorboard = self.wandb = self.mlflow = None
+        # each package is imported only when its tracker is on, so their types stay unnamed here
+        self.tensorboard: Any = None
+        self.wandb: Any = None
+        self.mlflow: Any = None
         if not active:
             return
         try:
@@ -66,17 +69,18 @@ class Writers:
             log.info("MLflow: experiment %s, run %s, tracking %s", settings.mlflow["experiment"],
                      settings.mlflow["run_name"], uri)
 
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        values = {k: float(v) for k, v in values.items() if v is not None}
+    def scalars(self, values: Mapping[str, float | None], step: int) -> None:
+        """Log ``values`` at ``step``; a ``None`` (not known on this rank, or off) is left out."""
+        known = {k: float(v) for k, v in values.items() if v is not None}
         if self.tensorboard is not None:
-            for key, value in values.items():
+            for key, value in known.items():
                 self.tensorboard.add_scalar(key, value, step)
         if self.wandb is not None:
-            self.wandb.log(values, step=step)
+            self.wandb.log(known, step=step)
         if self.mlflow is not None:
             import mlflow
 
-            mlflow.log_metrics({k.replace(" ", "_"): v for k, v in values.items()}, step=step)
+            mlflow.log_metrics({k.replace(" ", "_"): v for k, v in known.items()}, step=step)
 
     def close(self) -> None:
         """Close every tracker that runs, even when closing one of them fails."""

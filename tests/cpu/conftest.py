@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,12 +41,12 @@ class Trainer:
 
     def __init__(self, trees: dict[str, Path], workdir: Path) -> None:
         self.trees, self.workdir = trees, workdir
-        self.runs: dict[str, dict] = {}  # type: ignore[type-arg]
+        self.runs: dict[str, dict[str, Any]] = {}
         self.starts: dict[str, Path] = {}
 
     def __call__(self, tree: str, nproc: int = 1, tag: str = "", model: str = "dense", tp: int = 1, pp: int = 1,
-                 ep: int = 1, steps: int = 5, overrides: dict | None = None,  # type: ignore[type-arg]
-                 from_start: bool = False) -> dict:  # type: ignore[type-arg]
+                 ep: int = 1, steps: int = 5, overrides: dict[str, Any] | None = None,
+                 from_start: bool = False) -> dict[str, Any]:
         options = {**BASE, "train_iters": steps, "tensor_model_parallel_size": tp,
                    "pipeline_model_parallel_size": pp, "expert_model_parallel_size": ep, **(overrides or {})}
         if from_start:
@@ -54,7 +56,7 @@ class Trainer:
             self.runs[key] = self._train(tree, nproc, model, options)
         return self.runs[key]
 
-    def start(self, tree: str, model: str, overrides: dict) -> Path:  # type: ignore[type-arg]
+    def start(self, tree: str, model: str, overrides: dict[str, Any]) -> Path:
         """A checkpoint of one step in one process, the common starting point of ``from_start`` runs."""
         key = json.dumps([tree, model, overrides], sort_keys=True)
         if key not in self.starts:
@@ -65,7 +67,7 @@ class Trainer:
             self.starts[key] = folder
         return self.starts[key]
 
-    def _train(self, tree: str, nproc: int, model: str, options: dict) -> dict:  # type: ignore[type-arg]
+    def _train(self, tree: str, nproc: int, model: str, options: dict[str, Any]) -> dict[str, Any]:
         name = f"run-{len(self.runs) + len(self.starts)}"
         exp = write_experiment(self.workdir, name, options, model=MODELS[model])
         proc = self._launch(tree, nproc, exp)
@@ -85,7 +87,7 @@ class Trainer:
                 "grad_norms": [records[i]["grad_norm"] for i in sorted(records)], "world": nproc,
                 "mlp_classes": mlps.group(1).split(", ") if mlps else []}
 
-    def _launch(self, tree: str, nproc: int, exp: Path):  # type: ignore[no-untyped-def]
+    def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
         return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                            "--master-port", str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp),
                            cwd=self.workdir, check=False)
