@@ -4,7 +4,7 @@ The shipped default files are the schema: ``configs/modules/pre_trainer.yaml`` (
 names every trainer option, ``configs/flags.yaml`` (the flag registry) every Primus flag,
 ``configs/models/megatron/language_model.yaml`` every architecture key; a key's type is its
 default's type. Keys whose default is ``null`` get their type from ``NULLABLE`` in
-:mod:`primus_runtime.config.trainer_types` or :mod:`primus_runtime.model.arch_types` (flags: from
+:mod:`primus_runtime.config.trainer_types` or :mod:`primus_runtime.config.arch_types` (flags: from
 the registry), and enumerated strings their choices from ``CHOICES`` there (flags: the registry's
 ``choices``). Anything else is an unknown key, reported with the nearest valid name.
 """
@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from primus_runtime.config import trainer_types
+from primus_runtime.config import arch_types, trainer_types
 from primus_runtime.config.registry import DocumentedFlag, schema_type
 from primus_runtime.errors import ConfigError
-from primus_runtime.model import arch_types
 
 TYPE_NAMES = ("bool", "int", "float", "str", "list", "dict")
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
@@ -77,7 +76,7 @@ class Schema:
             if default is None and name not in declared:
                 raise ConfigError(
                     f"{origins[name]}: default of {name!r} is null, so its type must be declared in NULLABLE "
-                    f"(primus_runtime/config/trainer_types.py or primus_runtime/model/arch_types.py)"
+                    f"(primus_runtime/config/trainer_types.py or primus_runtime/config/arch_types.py)"
                 )
             types = tuple(declared[name].split("|")) if name in declared else (_type_of(default),)
             unknown = [t for t in types if t not in TYPE_NAMES]

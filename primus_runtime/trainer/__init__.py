@@ -3,22 +3,29 @@
 megatron-core has no ``megatron/training``, so the loop is ours, built from megatron.core's own
 parts. One module per job, in the order a run uses them:
 
-- :mod:`.options`     settings derived from the flat params (layout, batches, schedule, paths);
-                      pure Python, no torch
-- :mod:`.logs`        per-rank log files and the console, at module_base.yaml's sink levels
-- :mod:`.setup`       process group, parallel state, seeds, the model chunks, DDP, optimizer
-                      and learning-rate schedule
-- :mod:`.data`        mock or indexed GPT datasets, the consumed-samples sampler, iterators
-- :mod:`.step`        forward step and loss, one training step, evaluation
-- :mod:`.checkpoint`  dist_checkpointing save/load, atomic on disk
-- :mod:`.fatal`       one rank's fatal error ends every rank of the job, with its message
-- :mod:`.flops`       Megatron's FLOPs-per-iteration formula (for TFLOP/s)
-- :mod:`.report`      the iteration line, memory figures (``use_rocm_mem_info``)
-- :mod:`.trackers`    TensorBoard, Weights & Biases, MLflow
-- :mod:`.profiler`    the torch profiler (``profile``, ``disable_profiler_activity_cpu``)
-- :mod:`.pp_warmup`   one synthetic step per pipeline stage before training (``pp_warmup``)
-- :mod:`.loop`        the run, top to bottom
-- :mod:`.main`        the command: resolve the experiment, check flags, launch the loop
+- :mod:`.config`        the typed, frozen view of the resolved params, one section per part
+- :mod:`.options`       settings derived from it (layout, batches, schedule, trackers, where to
+                        save and load); pure Python, no torch
+- :mod:`.process_group` the torchrun process group, destroyed on every way out
+- :mod:`.logs`          per-rank log files and the console, at module_base.yaml's sink levels
+- :mod:`.setup`         joining the process group, parallel state, seeds, the model chunks, DDP, optimizer
+                        and learning-rate schedule
+- :mod:`.checkpointer`  when to save and where to resume from (``auto_continue_train``,
+                        ``disable_last_saving``), over :mod:`.checkpoint` (dist_checkpointing,
+                        atomic on disk)
+- :mod:`.feed`          this rank's datasets and iterators, over :mod:`.data` (mock or indexed
+                        GPT datasets, the consumed-samples sampler)
+- :mod:`.fatal`         one rank's fatal error ends every rank of the job, with its message
+- :mod:`.evaluation`    validation every ``eval_interval`` iterations
+- :mod:`.pp_warmup`     one synthetic step per pipeline stage before training (``pp_warmup``),
+                        with :mod:`.rng` putting every random state back
+- :mod:`.step`          forward step and loss, one (timed) training step, evaluation
+- :mod:`.metrics`       the iteration line, metrics.jsonl and :mod:`.trackers` (TensorBoard,
+                        Weights & Biases, MLflow); :mod:`.flops` for TFLOP/s, :mod:`.report`
+                        for the line's text and memory figures (``use_rocm_mem_info``)
+- :mod:`.profiler`      the torch profiler (``profile``, ``disable_profiler_activity_cpu``)
+- :mod:`.loop`          the run, top to bottom
+- :mod:`.main`          the command: resolve the experiment, check flags, launch the loop
 
 Importing this package stays light; the modules that need torch or megatron.core import it
 themselves.

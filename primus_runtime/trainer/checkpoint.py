@@ -24,19 +24,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from primus_runtime.errors import PrimusRuntimeError
 from primus_runtime.trainer.options import TRACKER_FILE, Checkpointing
+from primus_runtime.trainer.rng import capture as _rng_state
+from primus_runtime.trainer.rng import restore as _set_rng_state
 
 log = logging.getLogger("primus_runtime.trainer")
 
@@ -216,25 +216,6 @@ def _metadata(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _model_keys(chunks: list[Any]) -> list[str]:
     return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
-
-
-def _rng_state() -> dict[str, Any]:
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-            "tracker": get_cuda_rng_tracker().get_states()}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
 
 
 def _rng_sharded(data: Any) -> Any:

@@ -32,7 +32,7 @@ def _moe_layers(params: Mapping[str, Any]) -> list[bool]:
     layers = int(params["num_layers"])
     if not params.get("num_experts"):
         return [False] * layers
-    pattern = moe_layer_pattern(params.get("moe_layer_freq", 1), layers)
+    pattern = moe_layer_pattern(params["moe_layer_freq"], layers)
     if isinstance(pattern, int):
         return [i % pattern == 0 for i in range(layers)]
     return [bool(v) for v in pattern]
@@ -59,7 +59,7 @@ def flops_per_token(params: Mapping[str, Any], seq_length: int, padded_vocab: in
     dense_mlp = (gated + 1) * h * ffn_hidden_size(params)
     moe_mlp = 0
     if params.get("num_experts"):
-        topk = int(params.get("moe_router_topk", 2))
+        topk = int(params["moe_router_topk"])
         expert_ffn = int(params.get("moe_ffn_hidden_size") or ffn_hidden_size(params))
         shared = int(params.get("moe_shared_expert_intermediate_size") or 0)
         moe_mlp = topk * (gated + 1) * h * expert_ffn + (gated + 1) * h * shared

@@ -9,12 +9,14 @@ the console more verbose. Plain :mod:`logging`; megatron.core's own loggers go t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+
+from primus_runtime.trainer.config import LoggingConfig
 
 LOGGER = "primus_runtime"
 # loguru's extra levels, as Primus configs name them
@@ -28,15 +30,13 @@ def level_number(name: str) -> int:
     return _LEVELS[str(name).upper()]
 
 
-def sink_levels(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> tuple[int, int]:
+def sink_levels(cfg: LoggingConfig, env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(file level, console level) as numbers."""
     env = os.environ if env is None else env
-    if params.get("sink_level"):
-        both = level_number(params["sink_level"])
-        file_level = console = both
+    if cfg.sink_level:
+        file_level = console = level_number(cfg.sink_level)
     else:
-        file_level = level_number(params.get("file_sink_level", "DEBUG"))
-        console = level_number(params.get("stderr_sink_level", "INFO"))
+        file_level, console = level_number(cfg.file_sink_level), level_number(cfg.stderr_sink_level)
     wanted = env.get("PRIMUS_LOG_LEVEL")
     if wanted and wanted.upper() in _LEVELS:
         console = min(console, level_number(wanted))  # only ever more verbose
@@ -59,9 +59,22 @@ class _ConsoleFilter(logging.Filter):
         return self.rank == 0
 
 
-def setup(params: Mapping[str, Any], exp_root: Path, rank: int, world: int) -> logging.Logger:
+@contextlib.contextmanager
+def session(cfg: LoggingConfig, exp_root: Path, rank: int, world: int) -> Iterator[logging.Logger]:
+    """:func:`setup` for the length of a run; the handlers (and the log file) are closed on every path."""
+    log = setup(cfg, exp_root, rank, world)
+    try:
+        yield log
+    finally:
+        for name in (LOGGER, "megatron"):
+            for handler in list(logging.getLogger(name).handlers):
+                logging.getLogger(name).removeHandler(handler)
+                handler.close()
+
+
+def setup(cfg: LoggingConfig, exp_root: Path, rank: int, world: int) -> logging.Logger:
     """Configure the ``primus_runtime`` and ``megatron`` loggers for this rank; return the trainer's."""
-    file_level, console_level = sink_levels(params)
+    file_level, console_level = sink_levels(cfg)
     for level, name in ((5, "TRACE"), (25, "SUCCESS")):
         logging.addLevelName(level, name)
     folder = exp_root / "logs"

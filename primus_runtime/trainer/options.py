@@ -1,4 +1,4 @@
-"""Settings the trainer derives from the flat params: parallel layout, batches, schedule, paths.
+"""Settings the trainer derives from its typed config: parallel layout, batches, schedule, paths.
 
 Pure Python (no torch), so every rule here is unit-tested directly. The trainer-level Primus
 flags that only change settings (``disable_tensorboard``, ``disable_wandb``, ``disable_mlflow``,
@@ -7,12 +7,11 @@ flags that only change settings (``disable_tensorboard``, ``disable_wandb``, ``d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from primus_runtime.errors import ConfigError
+from primus_runtime.trainer.config import CheckpointConfig, ParallelConfig, ScheduleConfig, TrackerConfig
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 
@@ -31,12 +30,10 @@ class Layout:
     dp: int
 
 
-def parallel_layout(params: Mapping[str, Any], world: int) -> Layout:
-    tp = int(params.get("tensor_model_parallel_size", 1))
-    pp = int(params.get("pipeline_model_parallel_size", 1))
-    cp = int(params.get("context_parallel_size", 1))
-    ep = int(params.get("expert_model_parallel_size", 1))
-    etp = int(params.get("expert_tensor_parallel_size") or tp)
+def parallel_layout(cfg: ParallelConfig, world: int) -> Layout:
+    tp, pp, cp = cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.context_parallel_size
+    ep = cfg.expert_model_parallel_size
+    etp = cfg.expert_tensor_parallel_size or tp
     if cp != 1:
         # every context-parallel rank would need its slice of each sequence (and the attention
         # that joins them); the trainer's data path does not split sequences yet
@@ -51,13 +48,14 @@ def parallel_layout(params: Mapping[str, Any], world: int) -> Layout:
         raise ConfigError(f"expert_model_parallel_size x expert_tensor_parallel_size ({ep} x {etp}) must divide "
                           f"data x context x tensor parallel ({dp} x {cp} x {tp})")
     vp = None
-    per_virtual = params.get("num_layers_per_virtual_pipeline_stage")
+    per_virtual = cfg.num_layers_per_virtual_pipeline_stage
     if per_virtual is not None:
-        layers = int(params["num_layers"])
-        if pp < 2 or layers % pp or (layers // pp) % int(per_virtual):
+        layers = cfg.num_layers or 0
+        if pp < 2 or not layers or layers % pp or (layers // pp) % per_virtual:
             raise ConfigError(f"num_layers_per_virtual_pipeline_stage={per_virtual} must divide the layers of each "
-                              f"of {pp} pipeline stages (num_layers={layers}), with pipeline_model_parallel_size > 1")
-        vp = layers // pp // int(per_virtual)
+                              f"of {pp} pipeline stages (num_layers={cfg.num_layers}), with "
+                              f"pipeline_model_parallel_size > 1")
+        vp = layers // pp // per_virtual
     return Layout(world, tp, pp, vp, cp, ep, etp, dp)
 
 
@@ -68,11 +66,9 @@ class Batches:
     num_microbatches: int
 
 
-def batch_plan(params: Mapping[str, Any], dp: int) -> Batches:
-    """Global batch (default: micro batch x data parallel) and microbatches per step and rank."""
-    micro = int(params.get("micro_batch_size", 1))
-    gbs = params.get("global_batch_size")
-    gbs = micro * dp if gbs is None else int(gbs)
+def batch_plan(micro: int, global_batch: int | None, dp: int) -> Batches:
+    """Global batch (null: micro batch x data parallel) and microbatches per step and rank."""
+    gbs = micro * dp if global_batch is None else global_batch
     if gbs % (micro * dp):
         raise ConfigError(f"global_batch_size {gbs} must be a multiple of micro_batch_size x data parallel "
                           f"({micro} x {dp})")
@@ -95,21 +91,19 @@ class Schedule:
     wd_incr_style: str
 
 
-def lr_schedule(params: Mapping[str, Any], train_iters: int, gbs: int) -> Schedule:
-    decay_iters = params.get("lr_decay_iters") or train_iters
-    decay_steps = int(decay_iters) * gbs
-    fraction = params.get("lr_warmup_fraction")
-    warmup = int(fraction * decay_steps) if fraction is not None else int(params.get("lr_warmup_iters", 0)) * gbs
+def lr_schedule(cfg: ScheduleConfig, train_iters: int, gbs: int) -> Schedule:
+    """Weight decay is constant at ``weight_decay`` unless ``weight_decay_incr_style`` says otherwise."""
+    decay_iters = cfg.lr_decay_iters or train_iters
+    decay_steps = decay_iters * gbs
+    fraction = cfg.lr_warmup_fraction
+    warmup = int(fraction * decay_steps) if fraction is not None else cfg.lr_warmup_iters * gbs
     if warmup > decay_steps:
         raise ConfigError(f"the learning-rate warm-up ({warmup // gbs} iterations) is longer than its decay "
                           f"({decay_iters} iterations)")
-    wd = float(params.get("weight_decay", 0.0))
     return Schedule(
-        init_lr=float(params.get("lr_warmup_init", 0.0)), max_lr=float(params["lr"]),
-        min_lr=float(params.get("min_lr", 0.0)), warmup_steps=warmup, decay_steps=decay_steps,
-        decay_style=str(params.get("lr_decay_style", "linear")),
-        start_wd=float(params.get("start_weight_decay") or wd), end_wd=float(params.get("end_weight_decay") or wd),
-        wd_incr_steps=train_iters * gbs, wd_incr_style=str(params.get("weight_decay_incr_style", "constant")),
+        init_lr=cfg.lr_warmup_init, max_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=warmup, decay_steps=decay_steps,
+        decay_style=cfg.lr_decay_style, start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
+        wd_incr_steps=train_iters * gbs, wd_incr_style=cfg.weight_decay_incr_style,
     )
 
 
@@ -133,7 +127,7 @@ class Trackers:
     notes: list[str] = field(default_factory=list)
 
 
-def trackers(params: Mapping[str, Any], who: Identity) -> Trackers:
+def trackers(cfg: TrackerConfig, profiling: bool, who: Identity) -> Trackers:
     """``disable_tensorboard`` / ``disable_wandb`` / ``disable_mlflow`` (spec M1, M2, M14).
 
     TensorBoard runs when enabled, or when the torch profiler needs its folder for traces; its
@@ -141,26 +135,25 @@ def trackers(params: Mapping[str, Any], who: Identity) -> Trackers:
     enabled, with their names defaulting as the module config documents.
     """
     notes = []
-    profiling = bool(params.get("profile")) and bool(params.get("use_pytorch_profiler"))
     tb = None
-    if not params.get("disable_tensorboard", True) or profiling:
-        tb = Path(params.get("tensorboard_dir") or who.exp_root / "tensorboard")
-        if params.get("disable_tensorboard", True):
+    if not cfg.disable_tensorboard or profiling:
+        tb = Path(cfg.tensorboard_dir or who.exp_root / "tensorboard")
+        if cfg.disable_tensorboard:
             notes.append(f"TensorBoard enabled although disable_tensorboard is true: the torch profiler writes its "
                          f"traces to {tb}")
-    elif params.get("tensorboard_dir"):
-        notes.append(f"tensorboard_dir={params['tensorboard_dir']} is ignored: disable_tensorboard is true")
+    elif cfg.tensorboard_dir:
+        notes.append(f"tensorboard_dir={cfg.tensorboard_dir} is ignored: disable_tensorboard is true")
     wandb = None
-    if not params.get("disable_wandb", True):
-        wandb = {"project": params.get("wandb_project") or f"{who.work_group}_{who.user_name}",
-                 "name": params.get("wandb_exp_name") or who.exp_name,
-                 "dir": str(params.get("wandb_save_dir") or who.exp_root / "wandb")}
-        if params.get("wandb_entity"):
-            wandb["entity"] = str(params["wandb_entity"])
+    if not cfg.disable_wandb:
+        wandb = {"project": cfg.wandb_project or f"{who.work_group}_{who.user_name}",
+                 "name": cfg.wandb_exp_name or who.exp_name,
+                 "dir": str(cfg.wandb_save_dir or who.exp_root / "wandb")}
+        if cfg.wandb_entity:
+            wandb["entity"] = cfg.wandb_entity
     mlflow = None
-    if not params.get("disable_mlflow", True):
-        mlflow = {"run_name": params.get("mlflow_run_name") or f"{who.work_group}_{who.user_name}",
-                  "experiment": params.get("mlflow_experiment_name") or who.exp_name,
+    if not cfg.disable_mlflow:
+        mlflow = {"run_name": cfg.mlflow_run_name or f"{who.work_group}_{who.user_name}",
+                  "experiment": cfg.mlflow_experiment_name or who.exp_name,
                   "dir": str(who.exp_root / "mlflow")}
     return Trackers(tb, wandb, mlflow, notes)
 
@@ -179,7 +172,7 @@ class Checkpointing:
     notes: list[str] = field(default_factory=list)
 
 
-def checkpointing(params: Mapping[str, Any], who: Identity) -> Checkpointing:
+def checkpointing(cfg: CheckpointConfig, who: Identity) -> Checkpointing:
     """Where to save and load, with ``auto_continue_train`` applied (spec M4).
 
     With ``auto_continue_train``, ``save`` defaults to ``<exp_root>/checkpoints``; when it holds
@@ -187,11 +180,10 @@ def checkpointing(params: Mapping[str, Any], who: Identity) -> Checkpointing:
     and ``finetune``, ``no_load_optim``, ``no_load_rng`` off); otherwise it starts as configured.
     """
     notes = []
-    save = Path(params["save"]) if params.get("save") else None
-    load = Path(params["load"]) if params.get("load") else None
-    finetune = bool(params.get("finetune"))
-    no_load_optim, no_load_rng = bool(params.get("no_load_optim")), bool(params.get("no_load_rng"))
-    if params.get("auto_continue_train"):
+    save = Path(cfg.save) if cfg.save else None
+    load = Path(cfg.load) if cfg.load else None
+    finetune, no_load_optim, no_load_rng = cfg.finetune, cfg.no_load_optim, cfg.no_load_rng
+    if cfg.auto_continue_train:
         if save is None:
             save = who.exp_root / "checkpoints"
             notes.append(f"auto_continue_train: save is null, saving to {save}")
@@ -205,10 +197,8 @@ def checkpointing(params: Mapping[str, Any], who: Identity) -> Checkpointing:
         else:
             notes.append(f"auto_continue_train: no checkpoint in {save}, starting "
                          + (f"from load={load}" if load else "from scratch"))
-    interval = params.get("save_interval")
-    return Checkpointing(save, load, int(interval) if interval else None, finetune, no_load_optim, no_load_rng,
-                         bool(params.get("no_save_optim")), bool(params.get("no_save_rng")),
-                         bool(params.get("disable_last_saving")), notes)
+    return Checkpointing(save, load, cfg.save_interval or None, finetune, no_load_optim, no_load_rng,
+                         cfg.no_save_optim, cfg.no_save_rng, cfg.disable_last_saving, notes)
 
 
 def should_save(ckpt: Checkpointing, iteration: int, train_iters: int, final: bool) -> bool:
@@ -219,28 +209,4 @@ def should_save(ckpt: Checkpointing, iteration: int, train_iters: int, final: bo
         return False
     if final:
         return True
-    if not ckpt.save_interval:
-        return False
-    return iteration % ckpt.save_interval == 0
-
-
-def memory_sample_due(params: Mapping[str, Any], log_index: int) -> bool:
-    """Take a fresh device-memory sample at this (1-based) log line? (spec M11/M12)."""
-    if not params.get("log_throughput", True):
-        return False
-    return bool(params.get("use_rocm_mem_info")) or log_index in (params.get("use_rocm_mem_info_iters") or [])
-
-
-def memory_report_on(params: Mapping[str, Any]) -> bool:
-    return bool(params.get("log_throughput", True)) and (
-        bool(params.get("use_rocm_mem_info")) or bool(params.get("use_rocm_mem_info_iters")))
-
-
-def profile_window(params: Mapping[str, Any]) -> tuple[int, int] | None:
-    """Iterations ``[start, end)`` the torch profiler records, or None when it is off."""
-    if not (params.get("profile") and params.get("use_pytorch_profiler")):
-        return None
-    start, end = int(params.get("profile_step_start", 10)), int(params.get("profile_step_end", 12))
-    if end <= start:
-        raise ConfigError(f"profile_step_end ({end}) must be after profile_step_start ({start})")
-    return start, end
+    return ckpt.save_interval is not None and ckpt.save_interval > 0 and iteration % ckpt.save_interval == 0

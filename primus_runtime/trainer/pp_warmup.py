@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from primus_runtime.trainer import rng as rng_states
+from primus_runtime.trainer.config import WarmupConfig
 from primus_runtime.trainer.options import Batches, Layout
 
 log = logging.getLogger("primus_runtime.trainer")
@@ -30,8 +32,11 @@ def _activation_shape(config: Any, layout: Layout, seq_length: int, micro_batch:
     return seq, micro_batch, config.hidden_size
 
 
-def run(chunks: list[Any], optimizer: Any, config: Any, layout: Layout, batches: Batches, seq_length: int,
-        vocab: int, device: torch.device) -> None:
+def run(cfg: WarmupConfig, chunks: list[Any], optimizer: Any, config: Any, layout: Layout, batches: Batches,
+        seq_length: int, vocab: int, device: torch.device) -> None:
+    """Warm every stage up when ``pp_warmup`` is on; nothing otherwise."""
+    if not cfg.pp_warmup:
+        return
     if layout.pp == 1:
         log.info("pp_warmup: no pipeline parallelism, nothing to warm up")
         return
@@ -39,10 +44,8 @@ def run(chunks: list[Any], optimizer: Any, config: Any, layout: Layout, batches:
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
     from megatron.core.utils import get_attr_wrapped_model
 
-    from primus_runtime.trainer.checkpoint import _rng_state, _set_rng_state
-
     start = time.perf_counter()
-    rng = _rng_state()
+    rng = rng_states.capture()
     first_microbatch = {m: m.is_first_microbatch for c in chunks for m in c.modules() if hasattr(m, "is_first_microbatch")}
     shape = _activation_shape(config, layout, seq_length, batches.micro_batch)
     for index, chunk in enumerate(chunks):
@@ -66,7 +69,7 @@ def run(chunks: list[Any], optimizer: Any, config: Any, layout: Layout, batches:
         set_input(None)
         del output, activations
     # put back everything training could see
-    _set_rng_state(rng)
+    rng_states.restore(rng)
     for chunk in chunks:
         chunk.zero_grad_buffer()
         for param in chunk.parameters():

@@ -12,34 +12,46 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from primus_runtime.errors import ConfigError
+from primus_runtime.trainer.config import ProfilerConfig
+
 log = logging.getLogger("primus_runtime.trainer")
 
 
-def activities(params: Mapping[str, Any]) -> list[Any]:
+def window(cfg: ProfilerConfig) -> tuple[int, int] | None:
+    """Iterations ``[start, end)`` the torch profiler records, or None when it is off."""
+    if not cfg.on:
+        return None
+    start, end = cfg.profile_step_start, cfg.profile_step_end
+    if end <= start:
+        raise ConfigError(f"profile_step_end ({end}) must be after profile_step_start ({start})")
+    return start, end
+
+
+def activities(cfg: ProfilerConfig) -> list[Any]:
     from torch.profiler import ProfilerActivity
 
-    chosen = [] if params.get("disable_profiler_activity_cpu") else [ProfilerActivity.CPU]
+    chosen = [] if cfg.disable_profiler_activity_cpu else [ProfilerActivity.CPU]
     if torch.cuda.is_available():  # ROCm builds report their GPU as CUDA
         chosen.append(ProfilerActivity.CUDA)
     return chosen
 
 
-def make(params: Mapping[str, Any], window: tuple[int, int] | None, trace_dir: Path | None, exp_name: str,
-         rank: int) -> Any:
-    """A started profiler to ``step()`` after each iteration, or a stand-in that does nothing."""
-    if window is None or rank not in (params.get("profile_ranks") or [0]):
+def make(cfg: ProfilerConfig, trace_dir: Path | None, exp_name: str, rank: int) -> Any:
+    """A profiler (a context manager) to ``step()`` after each iteration, or a stand-in that does nothing."""
+    recorded = window(cfg)
+    if recorded is None or rank not in cfg.profile_ranks:
         return contextlib.nullcontext(_NoProfiler())
     from torch.profiler import profile, schedule, tensorboard_trace_handler
 
     assert trace_dir is not None
-    start, end = window
-    chosen = activities(params)
+    start, end = recorded
+    chosen = activities(cfg)
     if not chosen:
         log.warning("disable_profiler_activity_cpu on a host without GPUs leaves nothing to record: the torch "
                     "profiler is not started")
@@ -50,9 +62,9 @@ def make(params: Mapping[str, Any], window: tuple[int, int] | None, trace_dir: P
         activities=chosen,
         schedule=schedule(wait=max(start - 1, 0), warmup=1 if start > 0 else 0, active=end - start, repeat=1),
         on_trace_ready=tensorboard_trace_handler(str(trace_dir), worker_name=f"primus-exp[{exp_name}]-rank[{rank}]",
-                                                 use_gzip=bool(params.get("torch_profiler_use_gzip", True))),
-        record_shapes=bool(params.get("torch_profiler_record_shapes", True)),
-        with_stack=bool(params.get("torch_profiler_with_stack", True)),
+                                                 use_gzip=cfg.torch_profiler_use_gzip),
+        record_shapes=cfg.torch_profiler_record_shapes,
+        with_stack=cfg.torch_profiler_with_stack,
     )
 
 

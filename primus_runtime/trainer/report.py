@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from primus_runtime.trainer.config import MemoryConfig
+
 GIB = 2**30
 
 
@@ -110,3 +112,44 @@ def allocator_memory() -> str:
         return ""
     return (f"mem allocated/max allocated/reserved (GiB): {torch.cuda.memory_allocated() / GIB:.2f}/"
             f"{torch.cuda.max_memory_allocated() / GIB:.2f}/{torch.cuda.memory_reserved() / GIB:.2f}")
+
+
+class MemoryReport:
+    """The memory part of the iteration line: owns ``use_rocm_mem_info`` and ``use_rocm_mem_info_iters``.
+
+    :meth:`text` is called at every log line on every rank (a fresh sample is a collective).
+    """
+
+    def __init__(self, cfg: MemoryConfig) -> None:
+        self.cfg = cfg
+        self.on = cfg.log_throughput and (cfg.use_rocm_mem_info or bool(cfg.use_rocm_mem_info_iters))
+        self._lines = 0
+        self._sample: MemorySample | None = None
+
+    def sample_due(self, line: int) -> bool:
+        """Take a fresh device-memory sample at this (1-based) log line?"""
+        return self.cfg.log_throughput and (self.cfg.use_rocm_mem_info or line in self.cfg.use_rocm_mem_info_iters)
+
+    def note(self) -> str | None:
+        """What to log once at the start, when the report is asked for but cannot be made."""
+        if self.on and not torch.cuda.is_available():
+            return "device memory report (use_rocm_mem_info): skipped, no GPU on this host"
+        return None
+
+    def text(self) -> str:
+        self._lines += 1
+        if not (self.on and torch.cuda.is_available()):
+            return ""
+        if self.sample_due(self._lines) or self._sample is None:
+            self._sample = sample_memory()
+        return " | ".join(x for x in (allocator_memory(), self._sample.text() if self._sample else "") if x)
+
+
+def model_summary(chunks: list[Any], spec: str) -> list[str]:
+    """What was built: the spec, chunks and parameters of this rank, and each layer's MLP class
+    (flags such as ``use_deprecated_20241209_moe_layer`` swap it)."""
+    layers = [layer for chunk in chunks for layer in chunk.module.decoder.layers]
+    mlps = sorted({f"{type(layer.mlp).__module__}.{type(layer.mlp).__qualname__}" for layer in layers})
+    params = sum(p.numel() for chunk in chunks for p in chunk.parameters())
+    return [f"model: GPTModel, {spec}, {len(chunks)} chunk(s), {params} parameters on this rank",
+            f"model layers' MLP: {', '.join(mlps) or 'none on this rank'}"]

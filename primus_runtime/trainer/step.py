@@ -8,6 +8,7 @@ microbatches and data-parallel ranks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -75,6 +76,18 @@ def train_step(chunks: list[Any], optimizer: Any, scheduler: Any, iterators: Any
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         loss = reduce_losses(outputs, parallel_state.get_data_parallel_group(with_context_parallel=True))
     return StepResult(loss, None if grad_norm is None else float(grad_norm), not updated)
+
+
+def timed_train_step(chunks: list[Any], optimizer: Any, scheduler: Any, iterators: Any, batches: Batches,
+                     seq_length: int, device: torch.device) -> tuple[StepResult, float]:
+    """:func:`train_step` and its wall time in seconds, the device synchronised at both ends."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    result = train_step(chunks, optimizer, scheduler, iterators, batches, seq_length, device)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
 
 
 def evaluate(chunks: list[Any], iterators: Any, batches: Batches, eval_iters: int, seq_length: int,

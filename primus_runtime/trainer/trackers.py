@@ -8,6 +8,7 @@ under ``<exp_root>/mlflow``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -23,9 +24,19 @@ class Writers:
     """Scalars to every enabled tracker; a no-op where none is."""
 
     def __init__(self, settings: Trackers, params: Mapping[str, Any], active: bool) -> None:
-        self.tensorboard = self.wandb = self.mlflow = None
+        # each package is imported only when its tracker is on, so their types stay unnamed here
+        self.tensorboard: Any = None
+        self.wandb: Any = None
+        self.mlflow: Any = None
         if not active:
             return
+        try:
+            self._start(settings, params)
+        except BaseException:
+            self.close()  # the ones already started
+            raise
+
+    def _start(self, settings: Trackers, params: Mapping[str, Any]) -> None:
         if settings.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -58,27 +69,31 @@ class Writers:
             log.info("MLflow: experiment %s, run %s, tracking %s", settings.mlflow["experiment"],
                      settings.mlflow["run_name"], uri)
 
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        values = {k: float(v) for k, v in values.items() if v is not None}
+    def scalars(self, values: Mapping[str, float | None], step: int) -> None:
+        """Log ``values`` at ``step``; a ``None`` (not known on this rank, or off) is left out."""
+        known = {k: float(v) for k, v in values.items() if v is not None}
         if self.tensorboard is not None:
-            for key, value in values.items():
+            for key, value in known.items():
                 self.tensorboard.add_scalar(key, value, step)
         if self.wandb is not None:
-            self.wandb.log(values, step=step)
+            self.wandb.log(known, step=step)
         if self.mlflow is not None:
             import mlflow
 
-            mlflow.log_metrics({k.replace(" ", "_"): v for k, v in values.items()}, step=step)
+            mlflow.log_metrics({k.replace(" ", "_"): v for k, v in known.items()}, step=step)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.mlflow is not None:
-            import mlflow
+        """Close every tracker that runs, even when closing one of them fails."""
+        with contextlib.ExitStack() as closing:
+            if self.tensorboard is not None:
+                closing.callback(self.tensorboard.close)
+            if self.wandb is not None:
+                closing.callback(self.wandb.finish)
+            if self.mlflow is not None:
+                import mlflow
 
-            mlflow.end_run()
+                closing.callback(mlflow.end_run)
+        self.tensorboard = self.wandb = self.mlflow = None
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from rewriter.errors import ApplyError, DriftError
+from rewriter.ops.dotted import module_name
 from rewriter.patchset.model import Edit, Patch
 
 OP = "import_module"
@@ -56,14 +57,6 @@ class ReleaseTree(Protocol):
     def digest(self) -> str: ...
 
     def read(self, rel: str) -> str | None: ...
-
-
-def module_name(path: str) -> str:
-    """``megatron/core/x/y.py`` -> ``megatron.core.x.y``; a package's ``__init__.py`` -> the package."""
-    parts = path[:-3].split("/") if path.endswith(".py") else path.split("/")
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
 
 
 def has_imports(series: list[Patch]) -> bool:

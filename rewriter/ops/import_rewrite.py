@@ -7,7 +7,7 @@ from typing import Any
 
 import libcst as cst
 
-from rewriter.ops.import_module import module_name
+from rewriter.ops.dotted import module_name
 
 
 class Missing(Exception):

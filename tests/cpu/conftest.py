@@ -1,67 +1,105 @@
-"""A torchrun launcher for the training script, over the session's cpu-test trees.
+"""Training through ``python -m primus_runtime train`` under torchrun (gloo) over the session's cpu-test trees.
 
-The trees are ``cpu_trees`` of tests/conftest.py: ``upstream`` (no patches) and ``patched`` (the
-newest patchset version), both in the cpu-test flavor. Training runs are cached per session: several tests read the same run.
+The trees are ``cpu_trees`` of tests/conftest.py, ``upstream`` (no patches) and ``patched`` (the
+newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset
+helper (``helpers_dir`` of tests/runtime/conftest.py), as a wheel has it. A run is an experiment
+on one of the shipped tiny models (``MODELS``) with mock data; what it reports is what the
+trainer writes: the losses and gradient norms of ``logs/metrics.jsonl`` and the layers' MLP
+classes of the model summary in ``logs/rank_0.log``. Runs are cached per session: several
+tests read the same run.
+
+Megatron initialises pipeline stages and expert-parallel ranks from their own seeds, so a PP=2
+or EP=2 model starts from other weights than one process. To compare layouts, ``from_start``
+runs first train one step in one process and save it (``save``), then every layout loads that
+checkpoint with ``finetune`` (the model's weights only, resharded by dist_checkpointing; a
+fresh optimizer and iteration 0): all start from the same weights and see the same batches.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import shutil
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = Path(__file__).parent / "train_tiny.py"
+from tests.runtime.conftest import helpers_dir, run_in_tree  # noqa: F401  (helpers_dir is a fixture)
+from tests.runtime.trainer_helpers import free_port, make_trainer_tree, metrics, write_experiment
+
+MODELS = {"dense": "tiny_llama.yaml", "moe": "tiny_mixtral.yaml", "deepseek": "tiny_deepseek_v2.yaml"}
+#: 5 steps of Adam at a constant learning rate, 8 sequences of 16 tokens per step, 2 per microbatch
+BASE = {"train_iters": 5, "micro_batch_size": 2, "global_batch_size": 8, "seq_length": 16, "lr": 3.0e-3,
+        "lr_warmup_iters": 0, "lr_decay_style": "constant", "weight_decay": 0.0, "eval_iters": 0}
+_MLP_LINE = re.compile(r"model layers' MLP: (.*)$", re.MULTILINE)
 
 
 class Trainer:
-    """Runs ``train_tiny.py`` under torchrun against a tree; remembers every run of the session."""
+    """Runs ``primus_runtime train`` under torchrun against a tree; remembers every run of the session."""
 
     def __init__(self, trees: dict[str, Path], workdir: Path) -> None:
-        self.trees, self.workdir, self.runs = trees, workdir, {}
+        self.trees, self.workdir = trees, workdir
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.starts: dict[str, Path] = {}
 
-    def __call__(self, tree: str, nproc: int = 1, tag: str = "", **opts: object) -> dict:
-        key = json.dumps([tree, nproc, tag, opts], sort_keys=True)
+    def __call__(self, tree: str, nproc: int = 1, tag: str = "", model: str = "dense", tp: int = 1, pp: int = 1,
+                 ep: int = 1, steps: int = 5, overrides: dict[str, Any] | None = None,
+                 from_start: bool = False) -> dict[str, Any]:
+        options = {**BASE, "train_iters": steps, "tensor_model_parallel_size": tp,
+                   "pipeline_model_parallel_size": pp, "expert_model_parallel_size": ep, **(overrides or {})}
+        if from_start:
+            options.update(load=str(self.start(tree, model, overrides or {})), finetune=True)
+        key = json.dumps([tree, nproc, tag, model, options], sort_keys=True)
         if key not in self.runs:
-            self.runs[key] = self._run(tree, nproc, key, opts)
+            self.runs[key] = self._train(tree, nproc, model, options)
         return self.runs[key]
 
-    def _run(self, tree: str, nproc: int, key: str, opts: dict) -> dict:
-        out = self.workdir / f"run-{len(self.runs)}.json"
-        if nproc == 1:  # keep its initial weights: PP=2 and EP=2 runs start from them
-            opts = {**opts, "save_init": str(out.with_suffix(".init.pt"))}
-        env = {**os.environ, "PYTHONPATH": str(self.trees[tree]), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        def launch() -> subprocess.CompletedProcess[str]:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-port", str(_free_port()), str(SCRIPT), str(out), json.dumps(opts)]
-            return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.workdir, timeout=600)
+    def start(self, tree: str, model: str, overrides: dict[str, Any]) -> Path:
+        """A checkpoint of one step in one process, the common starting point of ``from_start`` runs."""
+        key = json.dumps([tree, model, overrides], sort_keys=True)
+        if key not in self.starts:
+            folder = self.workdir / f"start-{len(self.starts)}"
+            result = self._train(tree, 1, model, {**BASE, "train_iters": 1, **overrides, "save": str(folder),
+                                                  "no_save_optim": True, "no_save_rng": True})
+            assert "losses" in result, result.get("stderr")
+            self.starts[key] = folder
+        return self.starts[key]
 
-        proc = launch()
-        if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+    def _train(self, tree: str, nproc: int, model: str, options: dict[str, Any]) -> dict[str, Any]:
+        name = f"run-{len(self.runs) + len(self.starts)}"
+        exp = write_experiment(self.workdir, name, options, model=MODELS[model])
+        proc = self._launch(tree, nproc, exp)
+        if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr \
+                and "Traceback" not in proc.stderr:
             # a gloo thread aborting at process exit, with no Python error (seen once, in CI on
             # a loaded 2-core machine): run once more rather than fail on teardown noise
-            proc = launch()
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
+            proc = self._launch(tree, nproc, exp)
         if proc.returncode != 0:
-            errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln and ln.startswith("[rank")]
+            errors = [line for line in proc.stderr.splitlines() if "Error" in line or line.startswith("error: ")]
             return {"failed": True, "errors": errors, "stderr": proc.stderr[-4000:]}
-        result = json.loads(out.read_text())
-        if nproc == 1:
-            result["init"] = opts["save_init"]
-        return result
+        records = metrics(self.workdir / name)
+        log = (self.workdir / name / "logs" / "rank_0.log").read_text()
+        mlps = _MLP_LINE.search(log)
+        return {"losses": [records[i]["loss"] for i in sorted(records)],
+                "grad_norms": [records[i]["grad_norm"] for i in sorted(records)], "world": nproc,
+                "mlp_classes": mlps.group(1).split(", ") if mlps else []}
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
+        return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                           "--master-port", str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp),
+                           cwd=self.workdir, check=False)
 
 
 @pytest.fixture(scope="session")
-def train(cpu_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Trainer:
-    return Trainer(cpu_trees, tmp_path_factory.mktemp("runs"))
+def trainer_trees(cpu_trees: dict[str, Path], helpers_dir: Path,  # noqa: F811
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cpu-trainer-trees")
+    return {name: make_trainer_tree(tree, root / name, helpers_dir) for name, tree in cpu_trees.items()}
+
+
+@pytest.fixture(scope="session")
+def train(trainer_trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    return Trainer(trainer_trees, tmp_path_factory.mktemp("runs"))

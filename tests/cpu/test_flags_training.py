@@ -1,5 +1,5 @@
-"""Flags in real CPU training (cpu-test build, gloo, ``train_tiny.py``): flag on trains as specified,
-flag off is the unpatched upstream bit for bit.
+"""Flags in real CPU training (cpu-test build, gloo, ``primus_runtime train``): flag on trains as
+specified, flag off is the unpatched upstream bit for bit.
 
 Each flag appends its own test functions below.
 """
@@ -61,7 +61,7 @@ def test_fused_padded_mla_attention_trains_like_flag_off(train) -> None:
     machine (another CPU kernel choice); the bound is derived in :func:`kernel_rounding_bound`.
     """
     off = _ok(train("patched", model="deepseek"))
-    on = _ok(train("patched", model="deepseek", config={"fused_padded_mla_attention": True}))
+    on = _ok(train("patched", model="deepseek", overrides={"fused_padded_mla_attention": True}))
     assert on["losses"][-1] < on["losses"][0] - 0.1
     for step, (loss_on, loss_off) in enumerate(zip(on["losses"], off["losses"]), start=1):
         assert loss_on == pytest.approx(loss_off, rel=kernel_rounding_bound(step), abs=0), step
@@ -92,8 +92,8 @@ def test_fused_router_with_aux_score_trains_like_upstream(train, model: str, con
     within 5e-7 relative over 5 steps (moe 8e-8, deepseek 4.7e-7, V3-style 1.6e-8), gradient
     norms within 1e-5 relative; the routing decisions are upstream's.
     """
-    upstream = _ok(train("upstream", model=model, config=config))
-    fused = _ok(train("patched", model=model, config={**config, **FUSED_ROUTER}))
+    upstream = _ok(train("upstream", model=model, overrides=config))
+    fused = _ok(train("patched", model=model, overrides={**config, **FUSED_ROUTER}))
     assert fused["losses"][-1] < fused["losses"][0] - 0.1
     assert fused["losses"] == pytest.approx(upstream["losses"], rel=1e-5, abs=0)
     assert fused["grad_norms"][0] == pytest.approx(upstream["grad_norms"][0], rel=1e-5, abs=0)
@@ -103,16 +103,16 @@ def test_fused_router_with_aux_score_trains_like_upstream(train, model: str, con
 def test_fused_router_with_aux_score_keeps_expert_bias_in_selection(train) -> None:
     """Unlike Primus's fused path, expert bias still steers routing: with the bias updated every
     step, training differs from the same router without bias (and, above, equals upstream's)."""
-    with_bias = _ok(train("patched", model="deepseek", config={**SIGMOID_BIAS_GROUPS, **FUSED_ROUTER}))
+    with_bias = _ok(train("patched", model="deepseek", overrides={**SIGMOID_BIAS_GROUPS, **FUSED_ROUTER}))
     no_bias = {**SIGMOID_BIAS_GROUPS, "moe_router_enable_expert_bias": False}
-    without = _ok(train("patched", model="deepseek", config={**no_bias, **FUSED_ROUTER}))
+    without = _ok(train("patched", model="deepseek", overrides={**no_bias, **FUSED_ROUTER}))
     assert with_bias["losses"] != pytest.approx(without["losses"], rel=1e-5, abs=0)
 
 
 def test_fused_router_with_aux_score_disabled_router_is_upstream_bit_for_bit(train) -> None:
     """Flag on with disable_primus_topk_router: upstream's router, bit for bit."""
     upstream = _ok(train("upstream", model="moe"))
-    disabled = _ok(train("patched", model="moe", config={**FUSED_ROUTER, "disable_primus_topk_router": True}))
+    disabled = _ok(train("patched", model="moe", overrides={**FUSED_ROUTER, "disable_primus_topk_router": True}))
     assert disabled["losses"] == upstream["losses"]
     assert disabled["grad_norms"] == upstream["grad_norms"]
 
@@ -122,8 +122,9 @@ def test_fused_router_with_aux_score_disabled_router_is_upstream_bit_for_bit(tra
 DEPRECATED = {"use_deprecated_20241209_moe_layer": True}
 DEPRECATED_CLASS = "megatron.core._primus.moe_20241209.layer.DeprecatedMoELayer"
 # 0.10.0's SequentialMLP sizes experts by ffn_hidden_size (it asserts moe_ffn_hidden_size equals it);
-# every layer of the tiny DeepSeek model is MoE, so ffn_hidden_size is otherwise unused
-DEEPSEEK_DEPRECATED_ARCH = {"ffn_hidden_size": 48}
+# with every layer of the tiny DeepSeek model MoE, ffn_hidden_size is otherwise unused. 0.10.0's
+# router has no seq_aux_loss (DeepSeek-V2's): the plain aux loss, in both runs.
+DEEPSEEK_DEPRECATED_ARCH = {"ffn_hidden_size": 48, "moe_layer_freq": 1, "moe_router_load_balancing_type": "aux_loss"}
 
 
 @pytest.mark.parametrize(("model", "dispatcher", "ep"), [
@@ -145,8 +146,8 @@ def test_deprecated_moe_layer_trains_like_the_current_one(train, model: str, dis
     different routing) moves the losses by 1e-3 or more within a few steps.
     """
     arch = {"moe_token_dispatcher_type": dispatcher, **(DEEPSEEK_DEPRECATED_ARCH if model == "deepseek" else {})}
-    current = _ok(train("upstream", nproc=ep, model=model, ep=ep, steps=10, arch=arch))
-    deprecated = _ok(train("patched", nproc=ep, model=model, ep=ep, steps=10, arch=arch, config=DEPRECATED))
+    current = _ok(train("upstream", nproc=ep, model=model, ep=ep, steps=10, overrides=arch))
+    deprecated = _ok(train("patched", nproc=ep, model=model, ep=ep, steps=10, overrides={**arch, **DEPRECATED}))
     assert deprecated["mlp_classes"] == [DEPRECATED_CLASS]
     assert current["mlp_classes"] == ["megatron.core.transformer.moe.moe_layer.MoELayer"]
     assert deprecated["losses"][-1] < deprecated["losses"][0] - 0.1

@@ -1,7 +1,9 @@
-"""Real megatron.core models train on CPU (cpu-test build, gloo), in every layout megatron allows.
+"""Real megatron.core models train on CPU through ``primus_runtime train`` (cpu-test build, gloo),
+in every layout megatron allows.
 
-Models (``train_tiny.py``): a Llama-style dense GPT (RMSNorm, SwiGLU, RoPE, GQA) and a
-Mixtral-style MoE (4 experts, top-2, alltoall dispatcher). 5 steps of Adam on learnable data.
+Models (configs/models/megatron): ``tiny_llama`` (dense: RMSNorm, SwiGLU, RoPE, GQA) and
+``tiny_mixtral`` (MoE: 4 experts, top-2, alltoall dispatcher). 5 steps of Adam on mock data (learnable: each token
+is the previous one plus one).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def test_trains_and_is_reproducible(train, model: str) -> None:
 
 def test_pipeline_parallel_matches_single_process(train) -> None:
     """PP=2 (two processes, megatron's 1F1B schedule over gloo) = PP=1 within fp32 tolerance,
-    both starting from the single-process initial weights."""
-    single = ok(train("patched", model="dense"))
-    pp2 = ok(train("patched", nproc=2, model="dense", pp=2, load_init=single["init"]))
+    both starting from the same weights (conftest: ``from_start``)."""
+    single = ok(train("patched", model="dense", from_start=True))
+    pp2 = ok(train("patched", nproc=2, model="dense", pp=2, from_start=True))
     assert pp2["world"] == 2
     same_training(pp2, single)
 
@@ -59,14 +61,14 @@ def test_tensor_parallel_matches_single_process(train) -> None:
 
 def test_expert_parallel_matches_single_process(train) -> None:
     """EP=2 (alltoall token dispatch over gloo, DP=2 for dense weights) = EP=1."""
-    single = ok(train("patched", model="moe"))
-    ep2 = ok(train("patched", nproc=2, model="moe", ep=2, load_init=single["init"]))
+    single = ok(train("patched", model="moe", from_start=True))
+    ep2 = ok(train("patched", nproc=2, model="moe", ep=2, from_start=True))
     same_training(ep2, single)
 
 
 def test_moe_pipeline_parallel_matches_single_process(train) -> None:
-    single = ok(train("patched", model="moe"))
-    pp2 = ok(train("patched", nproc=2, model="moe", pp=2, load_init=single["init"]))
+    single = ok(train("patched", model="moe", from_start=True))
+    pp2 = ok(train("patched", nproc=2, model="moe", pp=2, from_start=True))
     same_training(pp2, single)
 
 
@@ -76,7 +78,7 @@ def test_moe_with_tensor_parallel_is_refused_by_megatron(train) -> None:
     without_sp = train("patched", nproc=2, model="moe", tp=2)
     assert without_sp.get("failed"), "megatron now accepts MoE + TP without SP: compare it with TP=1 here"
     assert any("without also enabling sequence parallelism" in e for e in without_sp["errors"])
-    with_sp = train("patched", nproc=2, model="moe", tp=2, config={"sequence_parallel": True})
+    with_sp = train("patched", nproc=2, model="moe", tp=2, overrides={"sequence_parallel": True})
     assert with_sp.get("failed"), "megatron now runs sequence parallelism with the local norm: test it"
     assert any("sequence parallel not supported by torch LayerNorm" in e for e in with_sp["errors"])
 

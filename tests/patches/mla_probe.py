@@ -55,7 +55,7 @@ def main(out: str, opts: dict) -> None:
 
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
-    mla.HAVE_TE = mla.HAVE_TE and te_ext.HAVE_TE  # as in tests/cpu/train_tiny.py
+    mla.HAVE_TE = mla.HAVE_TE and te_ext.HAVE_TE  # as primus_runtime.model.builder does
     settings = dict(num_layers=1, hidden_size=64, num_attention_heads=4, multi_latent_attention=True,
                     q_lora_rank=None, kv_lora_rank=32, qk_head_dim=16, qk_pos_emb_head_dim=8, v_head_dim=16,
                     rope_type="rope", add_bias_linear=False, attention_dropout=0.0, hidden_dropout=0.0,

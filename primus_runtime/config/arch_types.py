@@ -2,7 +2,7 @@
 
 A key's type is its default's type; keys defaulting to ``null`` (and ``moe_layer_freq``, whose
 default ``1`` is narrower than what it accepts) declare theirs here, as ``|``-joined type names.
-Pure data: the config layer imports it without torch or megatron.
+Pure data, beside the trainer options' types (:mod:`.trainer_types`): the schema reads both.
 """
 
 from __future__ import annotations
