@@ -24,6 +24,7 @@ parts. One module per job, in the order a run uses them:
                         Weights & Biases, MLflow); :mod:`.flops` for TFLOP/s, :mod:`.report`
                         for the line's text and memory figures (``use_rocm_mem_info``)
 - :mod:`.profiler`      the torch profiler (``profile``, ``disable_profiler_activity_cpu``)
+- :mod:`.gemm_tuning`   Primus's three GEMM tuning stages (``PRIMUS_HIPBLASLT_TUNING_STAGE``) by TunableOp
 - :mod:`.loop`          the run, top to bottom
 - :mod:`.main`          the command: resolve the experiment, check flags, launch the loop
 

@@ -28,14 +28,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from primus_runtime.errors import ConfigError
 
+if TYPE_CHECKING:
+    from primus_runtime.config.loader import Experiment
+
 ENV = "PRIMUS_HIPBLASLT_TUNING_STAGE"
 STAGES = {0: "off", 1: "dump GEMM shapes", 2: "tune GEMM kernels", 3: "train with tuned GEMM kernels"}
-log = logging.getLogger("primus_runtime.trainer")
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,15 @@ def tune(tuning: Tuning) -> str:
     tunable.tune_gemm_in_file(str(tuning.untuned))
     # TunableOp writes its results file (set_filename) itself when the process exits
     return f"{ENV}=2 ({STAGES[2]}): {len(tunable.get_results())} GEMM choices, written to {tuning.tuned} at exit"
+
+
+def prepare(exp: Experiment, rank: int, log: logging.Logger) -> bool:
+    """Apply the stage for this rank before its first GEMM; False when stage 2 tuned instead of training."""
+    tuning = from_environment(os.environ, Path(exp.workspace), exp.model_config.stem, rank)
+    if not tuning.trains:
+        log.info(tune(tuning))
+        return False
+    note = start(tuning)
+    if note:
+        log.info(note)
+    return True

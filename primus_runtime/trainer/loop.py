@@ -4,7 +4,8 @@ Each trainer option is read once, typed (:class:`.config.TrainerConfig`), by the
 changes: :class:`.checkpointer.Checkpointer` (saving, resuming, auto-continue, last saving),
 :class:`.metrics.Metrics` (the iteration line, metrics.jsonl, the trackers),
 :class:`.report.MemoryReport`, :class:`.evaluation.Evaluation`, :mod:`.pp_warmup` and
-:mod:`.profiler`. The process group, log files, trackers and metrics file are context managers
+:mod:`.profiler`; :mod:`.gemm_tuning` applies ``PRIMUS_HIPBLASLT_TUNING_STAGE`` first (stage 2
+tunes and trains nothing). The process group, log files, trackers and metrics file are context managers
 on one ``ExitStack``: they are closed on every path out of the run, errors included.
 """
 
@@ -14,7 +15,18 @@ from contextlib import ExitStack
 
 from primus_runtime.config.loader import Experiment
 from primus_runtime.errors import ConfigError
-from primus_runtime.trainer import data, logs, options, pp_warmup, process_group, profiler, report, setup, step
+from primus_runtime.trainer import (
+    data,
+    gemm_tuning,
+    logs,
+    options,
+    pp_warmup,
+    process_group,
+    profiler,
+    report,
+    setup,
+    step,
+)
 from primus_runtime.trainer.checkpointer import Checkpointer
 from primus_runtime.trainer.config import TrainerConfig
 from primus_runtime.trainer.evaluation import Evaluation
@@ -34,6 +46,8 @@ def run(exp: Experiment) -> int:
         rank, world = resources.enter_context(process_group.joined(exp.params))
         log = resources.enter_context(logs.session(cfg.logging, exp.exp_root, rank, world))
         log.info("experiment %s: %s (writes to %s)", exp.exp_name, exp.path, exp.exp_root)
+        if not gemm_tuning.prepare(exp, rank, log):  # PRIMUS_HIPBLASLT_TUNING_STAGE=2 tunes, trains nothing
+            return 0
         layout = options.parallel_layout(cfg.parallel, world)
         batches = options.batch_plan(cfg.run.micro_batch_size, cfg.run.global_batch_size, layout.dp)
         schedule = options.lr_schedule(cfg.schedule, train_iters, batches.global_batch)
@@ -42,7 +56,6 @@ def run(exp: Experiment) -> int:
         for note in (*tracking.notes, *checkpointer.notes):
             log.warning(note)
         log.info("layout: %s; batches: %s", layout, batches)
-
         setup.init_parallel_state(layout, exp.params)
         setup.set_seeds(cfg.run.seed)
         log.info(data.ensure_dataset_helpers(exp.params, rank))
@@ -58,7 +71,6 @@ def run(exp: Experiment) -> int:
         evaluation = Evaluation(cfg.run, feed, device)
         pp_warmup.run(cfg.warmup, model.chunks, optimizer, model.config, layout, batches, seq, model.padded_vocab,
                       device)
-
         memory = report.MemoryReport(cfg.memory)
         metrics = resources.enter_context(Metrics(
             cfg.metrics, tracking, exp.params, exp.exp_root, active=rank == world - 1, world=world, batches=batches,

@@ -77,3 +77,24 @@ def test_stage_3_needs_the_tuned_file_and_reads_it(tmp_path: Path, calls: list[t
     tuning.tuned.write_text("Validator,PT_VERSION,2.13.0\n")
     assert gemm_tuning.start(tuning).endswith(f"GEMM choices from {tuning.tuned}")
     assert calls[-1] == ("read_file", str(tuning.tuned)) and ("tuning_enable", False) in calls
+
+
+def test_the_run_trains_except_in_stage_2(tmp_path: Path, calls: list[tuple], monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """What ``run()`` asks before anything else: stage 2 tunes (files under the workspace, per model)
+    and trains nothing; stage 0 trains untouched."""
+    import logging
+    from types import SimpleNamespace
+
+    exp = SimpleNamespace(workspace=str(tmp_path), model_config=tmp_path / "models" / "llama3.2_1B.yaml")
+    log = logging.getLogger("test_gemm_tuning")
+    monkeypatch.delenv("PRIMUS_HIPBLASLT_TUNING_STAGE", raising=False)
+    assert gemm_tuning.prepare(exp, 0, log) and calls == []
+    monkeypatch.setenv("PRIMUS_HIPBLASLT_TUNING_STAGE", "2")
+    recorded = tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_shape" / "untuned1.csv"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text("Validator,PT_VERSION,2.13.0\n")
+    with caplog.at_level(logging.INFO, logger="test_gemm_tuning"):
+        assert not gemm_tuning.prepare(exp, 1, log)
+    assert ("tune_gemm_in_file", str(recorded)) in calls
+    assert "tune GEMM kernels" in caplog.text
