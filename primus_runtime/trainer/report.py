@@ -146,10 +146,14 @@ class MemoryReport:
 
 
 def model_summary(chunks: list[Any], spec: str) -> list[str]:
-    """What was built: the spec, chunks and parameters of this rank, and each layer's MLP class
-    (flags such as ``use_deprecated_20241209_moe_layer`` swap it)."""
-    layers = [layer for chunk in chunks for layer in chunk.module.decoder.layers]
+    """What was built: the spec, chunks, parameters of this rank and their dtypes, and each layer's
+    MLP class (flags such as ``use_deprecated_20241209_moe_layer`` swap it)."""
+    from megatron.core.utils import unwrap_model  # through DDP and Float16Module to the GPTModel
+
+    layers = [layer for model in unwrap_model(chunks) for layer in model.decoder.layers]
     mlps = sorted({f"{type(layer.mlp).__module__}.{type(layer.mlp).__qualname__}" for layer in layers})
-    params = sum(p.numel() for chunk in chunks for p in chunk.parameters())
-    return [f"model: GPTModel, {spec}, {len(chunks)} chunk(s), {params} parameters on this rank",
+    params = [p for chunk in chunks for p in chunk.parameters()]
+    dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
+    return [f"model: GPTModel, {spec}, {len(chunks)} chunk(s), {sum(p.numel() for p in params)} parameters on this "
+            f"rank ({dtypes})",
             f"model layers' MLP: {', '.join(mlps) or 'none on this rank'}"]

@@ -5,7 +5,7 @@ in real arithmetic; tests/patches checks it per layer to 1e-7), so on one proces
 agree with the flags-off run to fp32 rounding carried through 3 optimizer steps; TP=2 splits the
 same model and batch across two ranks and agrees with one process as the existing TP test
 bounds it (1e-4 relative: the split GEMMs and all-reduces sum in another order). The trainer's
-log names the attention backend.
+log names the attention backend. A bf16 model keeps every parameter in bf16 (Float16Module).
 """
 
 from __future__ import annotations
@@ -37,3 +37,12 @@ def test_turbo_attention_trains_like_upstream_attention_and_under_tensor_paralle
         assert on[it]["loss"] == pytest.approx(off[it]["loss"], rel=1e-5), it
         assert tp2[it]["loss"] == pytest.approx(on[it]["loss"], rel=1e-4), it
     assert "core attention on the Primus Turbo backend (torch " in one.stderr
+
+
+def test_a_bf16_model_keeps_every_parameter_in_bf16(tree: Path, tmp_path: Path) -> None:
+    """bf16 models are wrapped in Float16Module as Megatron-LM does: norm weights too are bf16 (with
+    fp32 norm weights torch's RMSNorm falls back to an unfused fp32 path on the GPU)."""
+    proc = torchrun(tree, write_experiment(tmp_path, "bf16", {**TURBO, "train_iters": 2, "bf16": True}), nproc=1)
+    assert "parameters on this rank (bfloat16)" in proc.stderr
+    losses = [m["loss"] for m in metrics(tmp_path / "bf16").values()]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
