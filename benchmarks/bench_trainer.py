@@ -77,12 +77,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def train(label: str, tree: str, gpus: int, overrides: list[str], out: Path, index: int) -> dict:
+def train(label: str, tree: str, gpus: int, overrides: list[str], out: Path, index: int, exp: Path = EXP) -> dict:
     name = f"run{index}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORK / tree), str(REPO)]), "PYTHONUNBUFFERED": "1",
            "PRIMUS_EXP_NAME": name, "PRIMUS_WORKSPACE": str(out), "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "--master_port",
-               str(free_port()), "-m", "primus_runtime", "train", "--exp", str(EXP), *overrides]
+               str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp), *overrides]
     began = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - began

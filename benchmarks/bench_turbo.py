@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_trainer import WORK, compile_helpers, free_port, stage  # noqa: E402
+import bench_trainer  # noqa: E402
+from bench_trainer import WORK, compile_helpers, stage  # noqa: E402
 
 SMALL = REPO / "configs" / "examples" / "llama3.2_1B-bench.yaml"
 LARGE = REPO / "configs" / "examples" / "llama3.2_3B-bench.yaml"
@@ -100,39 +99,23 @@ def _family(name: str) -> str:
     return name[:90]
 
 
-def train(label: str, exp: Path, tree: str, overrides: list[str], out: Path, index: int) -> dict:  # type: ignore[type-arg]
-    name = f"run{index}"
+def train(label: str, exp: Path, tree: str, overrides: list[str], out: Path, index: int) -> dict[str, Any]:
+    """One run on GPU 0 (bench_trainer's), plus the log lines naming the paths in use and, for a
+    ``[profile]`` run, the GPU time per kernel family."""
     profile = label.endswith("[profile]")
     if profile:
         overrides = [*overrides, "--profile", "true", "--use_pytorch_profiler", "true", "--profile_step_start", "8",
                      "--profile_step_end", "10", "--disable_profiler_activity_cpu", "true",
                      "--torch_profiler_with_stack", "false", "--torch_profiler_record_shapes", "false",
                      "--disable_tensorboard", "false"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORK / tree), str(REPO)]), "PYTHONUNBUFFERED": "1",
-           "PRIMUS_EXP_NAME": name, "PRIMUS_WORKSPACE": str(out), "CUDA_VISIBLE_DEVICES": "0"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
-               str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp), *overrides]
-    began = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - began
-    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        print(f"{label}: failed ({proc.returncode}); see {name}.log\n{proc.stderr[-3000:]}")
-        return {"label": label, "failed": True}
-    records = [json.loads(line) for line in (out / name / "logs" / "metrics.jsonl").read_text().splitlines()]
-    steady = records[SKIP:]
-    result = {
-        "label": label, "command": " ".join(["PYTHONPATH=<tree>:.", *command[1:]]), "wall_s": wall,
-        "step_ms": statistics.median(r["elapsed_ms"] for r in steady),
-        "tokens_per_gpu": statistics.median(r["tokens_per_gpu"] for r in steady),
-        "tflops": statistics.median(r["tflops"] for r in steady),
-        "peak_gib": max(r.get("max_allocated_gib") or 0.0 for r in records),
-        "losses": [r["loss"] for r in records],
-        "log_lines": [line for line in (proc.stdout + proc.stderr).splitlines()
-                      if "Turbo" in line or "model:" in line or "fused" in line or "portable" in line][:12],
-    }
+    result = bench_trainer.train(label, tree, 1, overrides, out, index, exp=exp)
+    if result.get("failed"):
+        return result
+    log = (out / f"run{index}.log").read_text()
+    result["log_lines"] = [line for line in log.splitlines()
+                           if "Turbo" in line or "model:" in line or "fused" in line or "portable" in line][:12]
     if profile:
-        result["kernels"] = kernel_families(out / name)
+        result["kernels"] = kernel_families(out / f"run{index}")
     return result
 
 
