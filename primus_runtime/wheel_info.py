@@ -78,9 +78,12 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 def _manifest_problem(manifest: object) -> str | None:
     if not isinstance(manifest, dict):
         return f"expected a JSON object, found {type(manifest).__name__}"
-    for section, key in (("package", "version"), ("patchset", "version")):
-        if not isinstance(manifest.get(section), dict) or not isinstance(manifest[section].get(key), str):
-            return f"no {section}.{key} string"
+    package, patchset = manifest.get("package"), manifest.get("patchset")
+    if not isinstance(package, dict) or not isinstance(package.get("version"), str):
+        return "no package.version string"
+    # an unpatched build (the cpu-test flavor of upstream) records its patchset version as null
+    if not isinstance(patchset, dict) or not isinstance(patchset.get("version"), (str, type(None))):
+        return "no patchset.version (a string, or null for an unpatched build)"
     flags = manifest.get("flags")
     if not isinstance(flags, list) or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in flags):
         return "flags is not a list of objects with a name"

@@ -60,9 +60,11 @@ def _fake_megatron(root: Path, manifest: bytes) -> Path:
 @pytest.mark.parametrize(("content", "words"), [
     (b'{"package": {"version": "0.16.1"', "unreadable (JSONDecodeError"),
     (b"\xff\xfe not text", "unreadable (UnicodeDecodeError"),
-    (json.dumps({"package": {"version": "0.16.1"}, "flags": []}).encode(), "no patchset.version string"),
+    (json.dumps({"package": {"version": "0.16.1"}, "flags": []}).encode(), "no patchset.version (a string, or null"),
+    (json.dumps({"package": {"version": "0.16.1"}, "patchset": {"version": 4}, "flags": []}).encode(),
+     "no patchset.version (a string, or null"),
     (json.dumps([1, 2]).encode(), "expected a JSON object, found list"),
-], ids=["truncated", "binary", "missing-key", "not-an-object"])
+], ids=["truncated", "binary", "missing-key", "wrong-type", "not-an-object"])
 def test_damaged_manifest_is_one_line_naming_it(tmp_path: Path, content: bytes, words: str) -> None:
     manifest = _fake_megatron(tmp_path, content)
     proc = subprocess.run([sys.executable, "-m", "primus_runtime", "check", "--exp", str(EXAMPLE)],
@@ -70,6 +72,16 @@ def test_damaged_manifest_is_one_line_naming_it(tmp_path: Path, content: bytes, 
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: {manifest}: ") and words in proc.stderr and "reinstall" in proc.stderr
+
+
+def test_an_unpatched_builds_manifest_reads_as_upstream(tmp_path: Path) -> None:
+    """The cpu-test flavor of unpatched upstream carries a manifest whose patchset version is null."""
+    from primus_runtime.wheel_info import read_manifest
+
+    manifest = _fake_megatron(tmp_path, json.dumps({"package": {"version": "0.16.1+primus.upstream.cputest"},
+                                                    "patchset": {"version": None, "versions": []},
+                                                    "flags": []}).encode())
+    assert read_manifest(manifest)["patchset"]["version"] is None
 
 
 def test_stale_preprocess_staging_folders_are_removed(tmp_path: Path) -> None:
