@@ -31,9 +31,8 @@ from tests.procs import close_servers  # noqa: E402
 
 BUILD_CACHE = ROOT / "build" / "cache"
 
-#: test modules whose tests are multi-process training runs
-TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py",
-                    "tests/runtime/test_trainer_runs.py")
+#: test modules of multi-process training runs that do not mark themselves
+TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
