@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, fork_server
+from tests.procs import REPO, fork_server, run_python
 
 __all__ = ["REPO", "run_in_tree", "texts"]
 
@@ -72,8 +72,7 @@ def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, P
     if shutil.which("g++") is None:
         pytest.skip("g++ is needed to compile megatron's dataset helpers")
     out = tmp_path_factory.mktemp("helpers")
-    includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
-                              text=True).stdout.split()
+    includes = run_python("-m", "pybind11", "--includes").stdout.split()
     source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
     subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
                     str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
