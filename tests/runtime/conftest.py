@@ -12,7 +12,6 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
