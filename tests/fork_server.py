@@ -7,8 +7,8 @@ in milliseconds, yet it is still a process of its own: a probe's global state (p
 stand-in modules in ``sys.modules``, patched module attributes) dies with its child and never
 reaches the next request.
 
-Protocol: one JSON object per line on stdin, ``{"argv": [...], "env": {...}, "cwd": "..."}``
-where ``argv`` is what would follow ``python`` (``SCRIPT ARGS``, ``-c CODE ARGS`` or
+Protocol: one JSON object per line on stdin, ``{"argv": [...], "env": {...}, "cwd": "...",
+"timeout": seconds}`` where ``argv`` is what would follow ``python`` (``SCRIPT ARGS``, ``-c CODE ARGS`` or
 ``-m MODULE ARGS``); one JSON line back per request on stdout,
 ``{"returncode": N, "stdout": "...", "stderr": "..."}``. The first line written is ``ready``.
 
@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import runpy
+import signal
 import sys
 import tempfile
 import traceback
@@ -55,7 +56,11 @@ def child(request: dict, out_path: str, err_path: str) -> int:
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
-    sys.stdin = open(os.devnull)
+    devnull = os.open(os.devnull, os.O_RDONLY)  # the request pipe is the server's, not the child's
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(0, closefd=False)
+    signal.alarm(int(request.get("timeout") or 0))  # a hung child ends (SIGALRM) instead of the test run
     os.environ.update(request.get("env") or {})
     if request.get("cwd"):
         os.chdir(request["cwd"])

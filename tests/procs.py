@@ -76,10 +76,11 @@ class ForkServer:
         self.log.seek(0)
         return self.log.read()[-4000:]
 
-    def run(self, *args: str, cwd: Path | None = None, check: bool = True,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """``python ARGS`` as a forked child of this server; the same result ``run_python`` gives."""
-        request = {"argv": list(args), "env": dict(env or {}), "cwd": str(cwd or REPO)}
+    def run(self, *args: str, cwd: Path | None = None, check: bool = True, env: Mapping[str, str] | None = None,
+            timeout: int = 900) -> subprocess.CompletedProcess[str]:
+        """``python ARGS`` as a forked child of this server; the same result ``run_python`` gives
+        (a child still running after ``timeout`` seconds is killed: return code -14, SIGALRM)."""
+        request = {"argv": list(args), "env": dict(env or {}), "cwd": str(cwd or REPO), "timeout": timeout}
         with self.lock:
             assert self.proc.stdin and self.proc.stdout
             self.proc.stdin.write(json.dumps(request) + "\n")

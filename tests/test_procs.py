@@ -43,6 +43,8 @@ def test_exit_status_errors_env_and_cwd(server: ForkServer, tmp_path: Path) -> N
                      cwd=tmp_path)
     assert got.stdout == f"v {tmp_path}\n"
     assert "PROBE_VAR" not in server.run("-c", "import os; print(sorted(os.environ))").stdout
+    assert server.run("-c", "import sys; print(repr(sys.stdin.read()))").stdout == "''\n"
+    assert server.run("-c", "import time; time.sleep(30)", check=False, timeout=1).returncode == -14
 
 
 def test_each_request_is_a_fresh_process_with_the_preloaded_modules(server: ForkServer) -> None:
