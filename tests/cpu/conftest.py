@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "train_tiny.py"
 
@@ -37,7 +39,7 @@ class Trainer:
         env = {**os.environ, "PYTHONPATH": str(self.trees[tree]), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         def launch() -> subprocess.CompletedProcess[str]:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                   "--master-port", str(_free_port()), str(SCRIPT), str(out), json.dumps(opts)]
+                   "--master-port", str(free_port()), str(SCRIPT), str(out), json.dumps(opts)]
             return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.workdir, timeout=600)
 
         proc = launch()
@@ -52,14 +54,6 @@ class Trainer:
         if nproc == 1:
             result["init"] = opts["save_init"]
         return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
