@@ -209,7 +209,7 @@ def test_dispatch_to_primus_turbo_where_importable(trees: dict[str, Path], tmp_p
     configs = {name: ACCEPTANCE[name] for name in ACCEPTANCE} | {"softmax-pre-softmax": MORE["softmax-pre-softmax"],
                                                                  "capacity-probs": MORE["capacity-probs"]}
     runs = probe(trees["patched"], tmp_path, "turbo", cases(configs, True) + cases(configs, True, padding=True),
-                 fake="primus_turbo", log=True)
+                 stand_in="primus_turbo", log=True)
     n = len(configs)
     for name, got in zip(configs, runs["cases"][:n]):
         assert_accepted(name, upstream_runs["plain"][name], got)
@@ -231,10 +231,10 @@ def test_dispatch_passes_primus_turbo_the_config_arguments(trees: dict[str, Path
     """Dispatch: top-k, groups, selected groups, score function and scaling factor reach Turbo's
     entry point as the config sets them (recorded by the stand-in)."""
     runs = probe(trees["patched"], tmp_path, "turbo-args",
-                 cases({"g": {**SIGMOID_GROUPS, "moe_router_topk_scaling_factor": 2.5}}, True), fake="primus_turbo")
+                 cases({"g": {**SIGMOID_GROUPS, "moe_router_topk_scaling_factor": 2.5}}, True), stand_in="primus_turbo")
     assert runs["calls"]["args"] == [4, 4, 2, "sigmoid", 2.5]
     runs = probe(trees["patched"], tmp_path, "turbo-args-plain",
-                 cases({"p": {"moe_router_num_groups": 4}}, True), fake="primus_turbo")
+                 cases({"p": {"moe_router_num_groups": 4}}, True), stand_in="primus_turbo")
     assert runs["calls"]["args"] == [2, None, None, "softmax", None]  # groups without group_topk: not limited
 
 
@@ -246,7 +246,7 @@ def test_dispatch_to_transformer_engine_where_available(
     arguments, as upstream's moe_router_fusion does, and hands their results on unchanged."""
     configs = {**ACCEPTANCE, "softmax-pre-softmax": MORE["softmax-pre-softmax"], "capacity-probs": MORE["capacity-probs"]}
     runs = probe(trees["patched"], tmp_path, "te", cases(configs, True) + cases(configs, True, padding=True),
-                 fake="transformer_engine", log=True)
+                 stand_in="transformer_engine", log=True)
     n = len(configs)
     for name, got in zip(configs, runs["cases"][:n]):
         assert_bitwise(name, upstream_runs["plain"][name], got)  # the stand-in computes upstream's numbers
@@ -309,7 +309,7 @@ def test_dispatch_skips_primus_turbo_with_expert_bias(cpu_trees: dict[str, Path]
     """Dispatch: Primus-Turbo's op has no expert-bias input, so with its stand-in importable such a
     router still routes by torch, with the bias, and never calls Turbo."""
     up = probe(cpu_trees["upstream"], tmp_path, "up", _cpu_cases(None)[:2])
-    fused = probe(cpu_trees["patched"], tmp_path, "turbo", _cpu_cases(True)[:2], fake="primus_turbo", log=True)
+    fused = probe(cpu_trees["patched"], tmp_path, "turbo", _cpu_cases(True)[:2], stand_in="primus_turbo", log=True)
     for name, want, got in zip(CPU_CASES, up["cases"], fused["cases"]):
         assert_accepted(name, want, got)
     assert "primus_turbo" not in fused["calls"]
