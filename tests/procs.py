@@ -35,10 +35,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def python_env(tree: Path | None, env: Mapping[str, str] | None = None, repo: bool = True) -> dict[str, str]:
+def python_env(tree: Path | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a test's child interpreter: ``tree`` (and this repository) first on the
     path, warnings off, one OpenMP thread (the machines are 2-core), plus ``env``."""
-    path = [str(p) for p in ((tree,) if tree else ()) + ((REPO,) if repo else ())]
+    path = [str(p) for p in ((tree,) if tree else ()) + (REPO,)]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
             **(env or {})}
 
