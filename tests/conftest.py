@@ -4,12 +4,18 @@
 ``vendor/.cache`` and ``build/cache`` afterwards). ``cpu_trees`` stages, once per session, the
 pinned source without patches (``upstream``) and with the newest patchset (``patched``) in the
 ``cpu-test`` flavor, so megatron code that touches ``torch.cuda`` runs on CI's CPU-only machines.
-Tests run megatron code from these trees in subprocesses, never in the pytest process.
+Tests run megatron code from these trees in subprocesses, never in the pytest process
+(``tests/procs.py``: the one launcher, free-port helper and per-tree fork servers).
+
+Markers by cost (registered in pyproject.toml): ``slow`` builds the real tree or starts
+subprocesses; ``training`` marks multi-process training runs (torchrun), which are ``slow`` too.
+The modules in ``TRAINING_MODULES`` are marked here, so their bodies need not repeat it.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +27,28 @@ if str(ROOT) not in sys.path:
 from rewriter.build import Applied, Paths, Upstream, apply_patchsets, stage_version  # noqa: E402
 from rewriter.ui import UI  # noqa: E402
 from rewriter.upstream import default_cache_dir, load_pin  # noqa: E402
+from tests.procs import close_servers  # noqa: E402
 
 BUILD_CACHE = ROOT / "build" / "cache"
+
+#: test modules of multi-process training runs that do not mark themselves
+TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``training`` tests are ``slow`` as well, so ``-m "not slow"`` is the fast tier."""
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix() in TRAINING_MODULES:
+            item.add_marker(pytest.mark.training)
+        if item.get_closest_marker("training") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_servers() -> Iterator[None]:
+    """Stop the session's fork servers (tests/procs.py) when the session ends."""
+    yield
+    close_servers()
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from tests.procs import free_port
 from tests.runtime.conftest import helpers_dir, run_in_tree  # noqa: F401  (helpers_dir is a fixture)
-from tests.runtime.trainer_helpers import free_port, make_trainer_tree, metrics, write_experiment
+from tests.runtime.trainer_helpers import make_trainer_tree, metrics, write_experiment
 
 MODELS = {"dense": "tiny_llama.yaml", "moe": "tiny_mixtral.yaml", "deepseek": "tiny_deepseek_v2.yaml"}
 #: 5 steps of Adam at a constant learning rate, 8 sequences of 16 tokens per step, 2 per microbatch

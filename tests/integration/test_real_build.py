@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -91,9 +90,12 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
 
 
 def test_rebuild_is_byte_identical(out: Path, tmp_path: Path) -> None:
-    """Same inputs, same bytes: a build without any cache gives the same wheel and manifest."""
+    """Same inputs, same bytes: a build without any cache gives the same wheel, manifest and diffs."""
     again = tmp_path / "again"
     assert main(["build", "--root", str(REPO), "--upstream", PINNED, "--out", str(again), "--no-cache", "-q"]) == 0
     for name in [next(out.glob("*.whl")).name, "manifest.json"]:
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
-    assert sys.version_info >= (3, 10)
+    diffs = sorted(p.relative_to(out) for p in (out / "diffs").rglob("*") if p.is_file())
+    assert diffs and diffs == sorted(p.relative_to(again) for p in (again / "diffs").rglob("*") if p.is_file())
+    for path in diffs:
+        assert (again / path).read_bytes() == (out / path).read_bytes(), path

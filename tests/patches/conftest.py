@@ -1,24 +1,24 @@
-"""Trees of the real pinned upstream, unpatched and patched, importable from a subprocess.
+"""Trees of the real pinned upstream, unpatched and patched, and how probes run in them.
 
 The pinned megatron-core comes from its PyPI sdist (verified by digest) the first time and from
 ``vendor/.cache`` afterwards. Every flag's behaviour test runs megatron code from both trees in
-clean interpreters and compares.
+clean interpreters and compares: each probe is a fresh process forked from the tree's fork server
+(``tests/procs.py``), so it pays no torch/megatron import of its own.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rewriter.build import Applied, stage_version
+from tests.procs import MEGATRON, REPO, fork_server
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
+
+__all__ = ["HERE", "REPO", "json_arg", "run_probe"]
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +31,10 @@ def trees(applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return out
 
 
-def run_probe(tree: Path, script: str, *args: str) -> None:
-    """Run one of the probe scripts beside this file with ``tree`` first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+def run_probe(tree: Path, script: str, *args: str, preload: tuple[str, ...] = MEGATRON) -> None:
+    """Run one of the probe scripts beside this file as a fresh process with ``tree`` first on the
+    path (forked from the tree's server, which has ``preload`` imported)."""
+    fork_server(tree, preload).run(str(HERE / script), *args)
 
 
 def json_arg(value: object) -> str:

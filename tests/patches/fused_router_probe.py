@@ -11,7 +11,7 @@ wiring runs on a host that has neither).
 usage: python fused_router_probe.py OUT.pt JSON_OPTIONS
 
 Per-process options: cases (a list of per-case options; default: the options are one case),
-fake ("primus_turbo"|"transformer_engine"), log (bool). Per-case options: config
+stand_in ("primus_turbo"|"transformer_engine"), log (bool). Per-case options: config
 (TransformerConfig overrides), shapes ([[seq, bsz], ...]), padding (bool: a random padding mask,
 True = padding), expert_bias (bool: a random bias), dtype ("float32"|"bfloat16"), eval (bool:
 router.eval() under no_grad).
@@ -37,8 +37,9 @@ class Records(logging.Handler):
         self.lines.append(f"{record.levelname} {record.name} {record.getMessage()}")
 
 
-def install_fake(kind: str, calls: dict) -> None:
-    """Stand-ins with the real entry points' signatures, computing upstream's unfused results."""
+def install_stand_in(kind: str, calls: dict) -> None:
+    """Stand-ins with the real entry points' signatures that record their calls and arguments and
+    compute upstream's unfused results: they test the router's dispatch, not any kernel."""
     from megatron.core.transformer.moe import moe_utils
 
     topk_ref = moe_utils.topk_routing_with_score_function
@@ -62,12 +63,15 @@ def install_fake(kind: str, calls: dict) -> None:
         def fused_topk_with_score_function(logits, topk, use_pre_softmax, num_groups, group_topk, scaling_factor,
                                            score_function, expert_bias):
             calls["te_topk"] = calls.get("te_topk", 0) + 1
+            calls.setdefault("te_topk_args", []).append(
+                [topk, use_pre_softmax, num_groups, group_topk, scaling_factor, score_function, expert_bias is not None])
             return topk_ref(logits, topk, use_pre_softmax=use_pre_softmax, num_groups=num_groups,
                             group_topk=group_topk, scaling_factor=scaling_factor, score_function=score_function,
                             expert_bias=expert_bias)
 
         def fused_compute_score_for_moe_aux_loss(logits, topk, score_function):
             calls["te_aux"] = calls.get("te_aux", 0) + 1
+            calls.setdefault("te_aux_args", []).append([topk, score_function])
             return aux_ref(logits, topk, score_function)
 
         moe_utils.HAVE_TE = True
@@ -85,8 +89,8 @@ def main(out: str, opts: dict) -> None:
         logger.setLevel(logging.DEBUG)
         logger.addHandler(records)
     calls: dict = {}
-    if opts.get("fake"):
-        install_fake(opts["fake"], calls)
+    if opts.get("stand_in"):
+        install_stand_in(opts["stand_in"], calls)
     results = {"cases": [run_case(case) for case in opts.get("cases", [opts])]}
     results["log"] = records.lines
     results["calls"] = calls

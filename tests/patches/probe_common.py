@@ -2,15 +2,16 @@
 the small router configuration the router probes use.
 
 The probes run as scripts (``python tests/patches/<name>_probe.py``), so this folder is on their
-path and they import this module by name.
+path and they import this module by name; the repository is on their path too (tests/procs.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
+
+from tests.procs import free_port
 
 #: TopKRouter settings of the router probes; a probe's "config" overrides them
 ROUTER_CONFIG = dict(
@@ -27,11 +28,8 @@ ROUTER_CONFIG = dict(
 
 def start_single_process() -> None:
     """``torch.distributed`` with one gloo rank on a free port, then megatron's parallel state."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     from megatron.core import parallel_state
 

@@ -4,17 +4,17 @@ and usable without TransformerEngine through megatron's own torch permutation.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rewriter.build import Applied
 from rewriter.emit.docs import render_patch_notes
 from rewriter.engine import apply_series
 from rewriter.upstream import default_cache_dir, load_pin, resolve_release
 from tests.patches.conftest import REPO
+from tests.procs import fork_server
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +60,13 @@ routing_map = torch.zeros(6, 4, dtype=torch.bool)
 routing_map[torch.arange(6), torch.tensor([0, 1, 2, 3, 0, 1])] = True
 routing_map[torch.arange(6), torch.tensor([2, 3, 0, 1, 3, 2])] = True
 probs = torch.rand(6, 4) * routing_map
-out = {"config_ok": config_ok}
+out = {"config_ok": config_ok, "inputs": [tokens.tolist(), routing_map.tolist(), probs.tolist()]}
 for fused in (False, True):
     try:
         permuted, _, order = moe_utils.permute(tokens, routing_map, fused=fused)
         restored = moe_utils.unpermute(permuted, order, tokens.shape, probs=probs, routing_map=routing_map, fused=fused)
         restored.sum().backward()
-        out[str(fused)] = [restored.tolist(), tokens.grad.tolist()]
+        out[str(fused)] = {"permuted": permuted.tolist(), "restored": restored.tolist(), "grad": tokens.grad.tolist()}
         tokens.grad = None
     except (ImportError, ValueError) as exc:
         out[str(fused)] = f"{type(exc).__name__}: {exc}"
@@ -75,10 +75,26 @@ print(json.dumps(out))
 
 
 def probe(tree: Path) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = fork_server(tree).run("-c", PROBE)
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def reference(inputs: list) -> dict[str, torch.Tensor]:
+    """Permute and unpermute computed by hand, independently of megatron: the permuted rows are
+    each expert's tokens in token order, expert by expert; unpermuting with probs gives every token
+    back scaled by the sum of its probs, which is also the gradient of the restored sum."""
+    tokens, routing_map, probs = (torch.tensor(x) for x in inputs)
+    permuted = torch.cat([tokens[routing_map[:, e]] for e in range(routing_map.shape[1])])
+    weight = probs.sum(dim=1, keepdim=True)
+    return {"permuted": permuted, "restored": tokens * weight, "grad": weight.expand_as(tokens)}
+
+
+def assert_matches_reference(got: dict, want: dict[str, torch.Tensor]) -> None:
+    """Permuting copies rows: exact. Unpermuting sums a token's k weighted copies (k=2) in fp32:
+    within two roundings of the reference's product of sums."""
+    assert torch.equal(torch.tensor(got["permuted"]), want["permuted"])
+    for key in ("restored", "grad"):
+        torch.testing.assert_close(torch.tensor(got[key]), want[key], rtol=4 * torch.finfo(torch.float32).eps, atol=0)
 
 
 def test_without_te_upstream_refuses_the_flag(trees: dict[str, Path]) -> None:
@@ -90,10 +106,13 @@ def test_without_te_upstream_refuses_the_flag(trees: dict[str, Path]) -> None:
 
 
 def test_without_te_the_patched_flag_uses_torch_ops(trees: dict[str, Path]) -> None:
-    """Config accepted; permute/unpermute with fused=True give exactly the unfused results and
-    gradients; one warning per function says which path runs."""
+    """Config accepted; permute/unpermute with fused=True give the hand-computed permutation, the
+    restored tokens and their gradients (as the unfused path does, checked against the same
+    reference); one warning per function says which path runs."""
     got, stderr = probe(trees["patched"])
     assert got["config_ok"] is True
-    assert got["True"] == got["False"]
+    want = reference(got["inputs"])
+    assert_matches_reference(got["True"], want)
+    assert_matches_reference(got["False"], want)
     assert stderr.count("TransformerEngine's fused permute is not available") == 1
     assert stderr.count("TransformerEngine's fused unpermute is not available") == 1

@@ -8,23 +8,25 @@ distinct experts; the token keeps its own top-k probability values, largest firs
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.patches.conftest import json_arg, run_probe
+from tests.procs import fork_server
 
 pytestmark = pytest.mark.slow
 
 EVEN = {"moe_router_force_load_balancing": True, "moe_router_force_load_balancing_type": "even"}
 
 
-def routing_outputs(tree: Path, tmp_path: Path, name: str, config: dict, shapes: list) -> dict:
+def routing_outputs(tree: Path, tmp_path: Path, name: str, config: dict, shapes: list, forward: bool = False) -> dict:
+    """The router probe's outputs: ``routing()`` on logits, or with ``forward`` the whole
+    ``forward()`` on hidden states (a cpu-test tree)."""
     out = tmp_path / f"{name}.pt"
-    run_probe(tree, "router_probe.py", str(out), json_arg({"config": config, "shapes": shapes}))
+    run_probe(tree, "router_probe.py", str(out), json_arg({"config": config, "shapes": shapes, "forward": forward}))
     return torch.load(out)
 
 
@@ -34,20 +36,55 @@ def test_flag_off_routing_is_upstream_bit_for_bit(trees: dict[str, Path], tmp_pa
     up = routing_outputs(trees["upstream"], tmp_path, "up", {}, shapes)
     patched = routing_outputs(trees["patched"], tmp_path, "patched", {}, shapes)
     assert patched["type"] == up["type"] == "megatron.core.transformer.moe.router.TopKRouter"
+    assert patched["router_modules"] == up["router_modules"] == []
     for key in up:
-        if key != "type":
+        if key not in ("type", "router_modules"):
             assert torch.equal(up[key], patched[key]), key
 
 
-def test_uniform_mode_is_upstream_bit_for_bit(trees: dict[str, Path], tmp_path: Path) -> None:
-    """Force balancing on with the default "uniform" type: upstream's mode, untouched."""
-    shapes = [[16, 3]]
+def test_uniform_mode_is_upstream_bit_for_bit(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
+    """Force balancing on with the "uniform" type: upstream's mode, untouched. Upstream applies it
+    in ``TopKRouter.forward`` (random logits before ``routing()``), so the router runs its whole
+    forward here; the random logits really replace the learned ones (the routing differs from
+    force balancing off), and "uniform" never imports the even-routing module."""
+    shapes = [[16, 3], [7, 5]]
     on = {"moe_router_force_load_balancing": True}
-    up = routing_outputs(trees["upstream"], tmp_path, "up", on, shapes)
-    patched = routing_outputs(trees["patched"], tmp_path, "patched", {**on, "moe_router_force_load_balancing_type": "uniform"}, shapes)
+    up = routing_outputs(cpu_trees["upstream"], tmp_path, "up", on, shapes, forward=True)
+    patched = routing_outputs(cpu_trees["patched"], tmp_path, "patched",
+                              {**on, "moe_router_force_load_balancing_type": "uniform"}, shapes, forward=True)
+    learned = routing_outputs(cpu_trees["upstream"], tmp_path, "learned", {}, shapes, forward=True)
+    assert up.keys() == patched.keys()
     for key in up:
-        if key != "type":
+        if key not in ("type", "router_modules"):
             assert torch.equal(up[key], patched[key]), key
+    assert patched["router_modules"] == []
+    for step in range(len(shapes)):
+        assert not torch.equal(up[f"map{step}"], learned[f"map{step}"]), step
+
+
+def test_even_mode_through_a_real_moe_layer(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
+    """A real ``MoELayer`` forward (local spec, SequentialMLP experts, EP=1) with "even": every
+    expert receives exactly its count of the slots (t*topk + k) mod E, for the alltoall and the
+    allgather dispatcher and a token count that does not divide evenly; with force balancing off
+    the same layer's load is uneven, so the counts are the mode's doing."""
+    shapes = [[16, 3], [7, 5]]
+    experts, topk = 8, 2
+    want = []
+    for seq, bsz in shapes:
+        slots = seq * bsz * topk
+        want.append([slots // experts + (1 if e < slots % experts else 0) for e in range(experts)])
+    for dispatcher in ("alltoall", "allgather"):
+        config = {**EVEN, "moe_token_dispatcher_type": dispatcher}
+        out = tmp_path / f"layer-{dispatcher}.json"
+        run_probe(cpu_trees["patched"], "moe_layer_probe.py", str(out), json_arg({"config": config, "shapes": shapes}))
+        got = json.loads(out.read_text())
+        assert got["layer"] == "MoELayer"
+        assert got["tokens_per_expert"] == want, dispatcher
+        assert got["output_shapes"] == [[seq, bsz, 32] for seq, bsz in shapes]
+    out = tmp_path / "layer-off.json"
+    run_probe(cpu_trees["patched"], "moe_layer_probe.py", str(out), json_arg({"shapes": shapes}))
+    off = json.loads(out.read_text())["tokens_per_expert"]
+    assert sum(off[0]) == sum(want[0]) and off[0] != want[0]
 
 
 def test_even_mode_balances_exactly(trees: dict[str, Path], tmp_path: Path) -> None:
@@ -81,8 +118,7 @@ def test_unknown_mode_is_rejected_by_the_config(trees: dict[str, Path]) -> None:
         "TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=2, "
         "moe_router_force_load_balancing_type='round_robin')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(trees["patched"]), "PATH": "/usr/bin:/bin"})
+    proc = fork_server(trees["patched"]).run("-c", code, check=False)
     assert proc.returncode != 0
     assert "moe_router_force_load_balancing_type must be one of uniform, even" in proc.stderr
 

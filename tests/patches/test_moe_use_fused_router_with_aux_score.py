@@ -6,11 +6,13 @@ probs within 1e-6, identical aux-loss values and logits gradients within 1e-5.
 
 "Unfused" is always upstream's own ``TopKRouter.routing`` from the unpatched tree; "fused" is the
 patched tree with the flag on. On this host neither Primus-Turbo nor TransformerEngine is
-installed, so the fused router takes its torch path; the Primus-Turbo and TransformerEngine
-branches are driven through stand-ins that have the real entry points' signatures (their
-kernels are not available here: the stand-ins check the wiring, not the kernels). Expert bias
-and the global aux loss keep buffers on the CUDA device, so those cases run on cpu-test flavor
-trees.
+installed, so the fused router takes its torch path, and that path is what the numerical
+acceptance tests check. The Primus-Turbo and TransformerEngine branches are covered by *dispatch*
+tests: stand-ins with the real entry points' signatures, which record their arguments and compute
+with upstream's own unfused functions, show which backend the router picks, what it passes, and
+that the router's remaining steps handle what comes back. They test no kernel (none is available
+here). Expert bias and the global aux loss keep buffers on the CUDA device, so those cases run on
+the session's cpu-test flavor trees (``cpu_trees``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewriter.build import Applied, stage_version
-from tests.patches.conftest import REPO, json_arg, run_probe
+from tests.patches.conftest import json_arg, run_probe
+from tests.patches.probe_common import ROUTER_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -199,14 +201,15 @@ def test_log_names_the_torch_backend_once(trees: dict[str, Path], tmp_path: Path
     ]
 
 
-def test_primus_turbo_backend_is_used_where_importable(trees: dict[str, Path], tmp_path: Path, upstream_runs: dict) -> None:
-    """With ``primus_turbo`` importable, its fused op routes (with the config's groups, score
-    function and scaling factor) and the results go through upstream's remaining steps; routers
-    whose configuration the kernel cannot do (pre-softmax) fall back to torch, and the log says so."""
+def test_dispatch_to_primus_turbo_where_importable(trees: dict[str, Path], tmp_path: Path, upstream_runs: dict) -> None:
+    """Dispatch: with a ``primus_turbo`` stand-in importable (upstream's unfused numbers behind
+    Turbo's entry point), the router calls it once per routing and aux-score step, and what it
+    returns (an int map among it) goes through upstream's remaining steps; routers whose
+    configuration Turbo's op cannot do (pre-softmax) fall back to torch, and the log says so."""
     configs = {name: ACCEPTANCE[name] for name in ACCEPTANCE} | {"softmax-pre-softmax": MORE["softmax-pre-softmax"],
                                                                  "capacity-probs": MORE["capacity-probs"]}
     runs = probe(trees["patched"], tmp_path, "turbo", cases(configs, True) + cases(configs, True, padding=True),
-                 fake="primus_turbo", log=True)
+                 stand_in="primus_turbo", log=True)
     n = len(configs)
     for name, got in zip(configs, runs["cases"][:n]):
         assert_accepted(name, upstream_runs["plain"][name], got)
@@ -224,44 +227,47 @@ def test_primus_turbo_backend_is_used_where_importable(trees: dict[str, Path], t
     ]
 
 
-def test_primus_turbo_gets_the_group_arguments(trees: dict[str, Path], tmp_path: Path) -> None:
+def test_dispatch_passes_primus_turbo_the_config_arguments(trees: dict[str, Path], tmp_path: Path) -> None:
+    """Dispatch: top-k, groups, selected groups, score function and scaling factor reach Turbo's
+    entry point as the config sets them (recorded by the stand-in)."""
     runs = probe(trees["patched"], tmp_path, "turbo-args",
-                 cases({"g": {**SIGMOID_GROUPS, "moe_router_topk_scaling_factor": 2.5}}, True), fake="primus_turbo")
+                 cases({"g": {**SIGMOID_GROUPS, "moe_router_topk_scaling_factor": 2.5}}, True), stand_in="primus_turbo")
     assert runs["calls"]["args"] == [4, 4, 2, "sigmoid", 2.5]
     runs = probe(trees["patched"], tmp_path, "turbo-args-plain",
-                 cases({"p": {"moe_router_num_groups": 4}}, True), fake="primus_turbo")
+                 cases({"p": {"moe_router_num_groups": 4}}, True), stand_in="primus_turbo")
     assert runs["calls"]["args"] == [2, None, None, "softmax", None]  # groups without group_topk: not limited
 
 
-def test_transformer_engine_backend_is_used_where_available(
+def test_dispatch_to_transformer_engine_where_available(
     trees: dict[str, Path], tmp_path: Path, upstream_runs: dict
 ) -> None:
-    """Without primus_turbo but with TE's fused router (moe_utils' entry points not None), TE
-    routes, exactly as upstream's moe_router_fusion calls it."""
+    """Dispatch: without primus_turbo but with TE's fused router entry points bound in moe_utils
+    (stand-ins computing upstream's unfused numbers), the router calls them with each config's
+    arguments, as upstream's moe_router_fusion does, and hands their results on unchanged."""
     configs = {**ACCEPTANCE, "softmax-pre-softmax": MORE["softmax-pre-softmax"], "capacity-probs": MORE["capacity-probs"]}
     runs = probe(trees["patched"], tmp_path, "te", cases(configs, True) + cases(configs, True, padding=True),
-                 fake="transformer_engine", log=True)
+                 stand_in="transformer_engine", log=True)
     n = len(configs)
     for name, got in zip(configs, runs["cases"][:n]):
         assert_bitwise(name, upstream_runs["plain"][name], got)  # the stand-in computes upstream's numbers
     for name, got in zip(configs, runs["cases"][n:]):
         assert_bitwise(name, upstream_runs["padding"][name], got)
-    assert runs["calls"] == {"te_topk": 3 * 2 * n, "te_aux": 3 * 2 * n}
+    assert runs["calls"]["te_topk"] == runs["calls"]["te_aux"] == 3 * 2 * n
+    want_topk, want_aux = set(), set()
+    for config in configs.values():
+        c = {**ROUTER_CONFIG, **config}
+        want_topk.add((c["moe_router_topk"], c.get("moe_router_pre_softmax", False), c.get("moe_router_num_groups"),
+                       c.get("moe_router_group_topk"), c.get("moe_router_topk_scaling_factor"),
+                       c.get("moe_router_score_function", "softmax"), False))
+        want_aux.add((c["moe_router_topk"], c.get("moe_router_score_function", "softmax")))
+    assert {tuple(args) for args in runs["calls"]["te_topk_args"]} == want_topk
+    assert {tuple(args) for args in runs["calls"]["te_aux_args"]} == want_aux
     info = [line.split(": ", 1)[1] for line in runs["log"] if line.startswith("INFO ")]
     assert info == ["top-k routing and aux-loss scores by TransformerEngine's fused router "
                     "(fused_topk_with_score_function + fused_compute_score_for_moe_aux_loss)"]
 
 
 # -- expert bias and the global aux loss: their buffers live on the CUDA device -> cpu-test trees
-
-
-@pytest.fixture(scope="module")
-def flavor_trees(applied: Applied, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fused-router-cpu-trees")
-    out = {"upstream": root / "upstream", "patched": root / "patched"}
-    stage_version(applied, None, out["upstream"], "cpu-test", REPO / "build" / "cache")
-    stage_version(applied, applied.patchsets.newest(), out["patched"], "cpu-test", REPO / "build" / "cache")
-    return out
 
 
 BIAS = {**SIGMOID, "moe_router_enable_expert_bias": True, "moe_router_load_balancing_type": "none",
@@ -287,36 +293,37 @@ def _cpu_cases(flag: bool | None) -> list[dict]:
     return out
 
 
-def test_expert_bias_and_global_aux_loss(flavor_trees: dict[str, Path], tmp_path: Path) -> None:
+def test_expert_bias_and_global_aux_loss(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
     """Expert bias steers selection as upstream's does (unlike Primus's fused path), its token
     counts match; the global aux loss and its running counts match."""
-    up = probe(flavor_trees["upstream"], tmp_path, "up", _cpu_cases(None))
-    fused = probe(flavor_trees["patched"], tmp_path, "fused", _cpu_cases(True))
+    up = probe(cpu_trees["upstream"], tmp_path, "up", _cpu_cases(None))
+    fused = probe(cpu_trees["patched"], tmp_path, "fused", _cpu_cases(True))
     for name, want, got in zip(CPU_CASES, up["cases"], fused["cases"]):
         assert_accepted(name, want, got)
     # the bias mattered: without it, the routing would differ
-    no_bias = probe(flavor_trees["upstream"], tmp_path, "no-bias", [{"config": BIAS}])["cases"][0]
+    no_bias = probe(cpu_trees["upstream"], tmp_path, "no-bias", [{"config": BIAS}])["cases"][0]
     assert not torch.equal(no_bias["map0"], up["cases"][0]["map0"])
 
 
-def test_expert_bias_skips_primus_turbo(flavor_trees: dict[str, Path], tmp_path: Path) -> None:
-    """Primus-Turbo's kernel has no expert-bias input: such a router routes by torch, with the bias."""
-    up = probe(flavor_trees["upstream"], tmp_path, "up", _cpu_cases(None)[:2])
-    fused = probe(flavor_trees["patched"], tmp_path, "turbo", _cpu_cases(True)[:2], fake="primus_turbo", log=True)
+def test_dispatch_skips_primus_turbo_with_expert_bias(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
+    """Dispatch: Primus-Turbo's op has no expert-bias input, so with its stand-in importable such a
+    router still routes by torch, with the bias, and never calls Turbo."""
+    up = probe(cpu_trees["upstream"], tmp_path, "up", _cpu_cases(None)[:2])
+    fused = probe(cpu_trees["patched"], tmp_path, "turbo", _cpu_cases(True)[:2], stand_in="primus_turbo", log=True)
     for name, want, got in zip(CPU_CASES, up["cases"], fused["cases"]):
         assert_accepted(name, want, got)
     assert "primus_turbo" not in fused["calls"]
     assert any("for a router: its kernel ignores expert_bias" in line for line in fused["log"])
 
 
-def test_expert_bias_counts_skip_padding(flavor_trees: dict[str, Path], tmp_path: Path) -> None:
+def test_expert_bias_counts_skip_padding(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
     """Expert bias with a padding mask: upstream 0.16.1 raises in ``_apply_expert_bias`` (it
     broadcasts the [tokens] mask against the [tokens, experts] map); the fused router counts the
     non-padding tokens' experts, and routes as without the mask."""
     config = {**BIAS, "moe_router_load_balancing_type": "aux_loss", "moe_aux_loss_coeff": 0.01, FLAG: True}
     with pytest.raises(AssertionError, match="Attempting to broadcast|must match the size"):
-        probe(flavor_trees["upstream"], tmp_path, "up", [{"config": BIAS, "expert_bias": True, "padding": True}])
-    runs = probe(flavor_trees["patched"], tmp_path, "fused",
+        probe(cpu_trees["upstream"], tmp_path, "up", [{"config": BIAS, "expert_bias": True, "padding": True}])
+    runs = probe(cpu_trees["patched"], tmp_path, "fused",
                  [{"config": config, "expert_bias": True, "padding": True}, {"config": config, "expert_bias": True}])
     padded, plain = runs["cases"]
     counts = torch.zeros_like(padded["tokens_per_expert0"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.patches.conftest import run_probe
+from tests.procs import TORCH
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ WARNING = "no_fp8_weight_transpose_cache=True has no effect"
 
 def constructed(tree: Path, tmp_path: Path, te: str, flag: bool) -> dict:
     out = tmp_path / f"{tree.name}-{te}-{flag}.json"
-    run_probe(tree, "te_probe.py", str(out), te, "true" if flag else "false")
+    run_probe(tree, "te_probe.py", str(out), te, "true" if flag else "false", preload=TORCH)  # it stubs TE first
     return json.loads(out.read_text())
 
 

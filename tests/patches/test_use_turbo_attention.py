@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.procs import REPO, fork_server, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,15 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
 
 
 def probe(tree: Path, mode: str, *, extra_path: Path | None = None, env: dict[str, str] | None = None) -> dict:
-    paths = [str(tree), *([str(extra_path)] if extra_path else [])]
-    inherited = {k: v for k, v in os.environ.items() if k != "PRIMUS_TURBO_BACKEND"}
-    full_env = {**inherited, "PYTHONPATH": os.pathsep.join(paths), "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run([sys.executable, str(HERE / "turbo_attention_probe.py"), mode], capture_output=True,
-                          text=True, env=full_env, timeout=900)
+    """The probe's RESULT for ``mode``: forked from the tree's server, or, with ``extra_path`` (a
+    stand-in package to put on the path), in a fresh interpreter."""
+    script = str(HERE / "turbo_attention_probe.py")
+    env = {"PRIMUS_TURBO_BACKEND": "", **(env or {})}  # unset unless a test forces one
+    if extra_path is None:
+        proc = fork_server(tree).run(script, mode, env=env, check=False)
+    else:
+        proc = run_python(script, mode, tree=tree, check=False,
+                          env={**env, "PYTHONPATH": os.pathsep.join([str(tree), str(extra_path), str(REPO)])})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"probe {mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1][len("RESULT "):])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from sample_upstream import (
 )
 
 from rewriter.cli import main
+from tests.procs import run_python
 
 WHEEL = "megatron_core-0.1.0+primus.v0.1.0-py3-none-any.whl"
 BLOCK = "megatron/core/transformer/block.py"
@@ -106,8 +105,7 @@ else:
 assert PATCHSET_VERSION == "v0.1.0" and FLAGS["double_output"]["default"] is False
 assert manifest()["patches"][0]["status"] == "applied"
 """
-    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "installed", capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_python("-c", check, cwd=tmp_path / "installed")
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import textwrap
+import time
 
 import pytest
 import torch
@@ -109,14 +110,35 @@ def test_second_application_changes_nothing() -> None:
     assert rewrite_source(once) == once
 
 
-@pytest.fixture(scope="module")
-def shim():
-    spec = importlib.util.spec_from_file_location("primus_cuda_shim", PAYLOAD)
+def load_shim(monkeypatch: pytest.MonkeyPatch, cuda: bool):  # type: ignore[no-untyped-def]
+    """The device module as a host with (``cuda``) or without GPUs imports it: it decides once, at
+    import, from ``torch.cuda.is_available()``, so either side is testable on any host."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    spec = importlib.util.spec_from_file_location(f"primus_cuda_shim_{cuda}", PAYLOAD)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if module.AVAILABLE:
-        pytest.fail("these tests describe the CPU-only side; this host has CUDA")
+    monkeypatch.undo()
+    assert module.AVAILABLE is cuda
     return module
+
+
+@pytest.fixture
+def shim(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The CPU-only side (what CI runs), also on a host that has CUDA."""
+    return load_shim(monkeypatch, cuda=False)
+
+
+def test_on_a_gpu_host_every_name_is_torch_cudas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA, the module adds nothing: names are ``torch.cuda``'s own and devices are CUDA
+    devices (nothing here touches a GPU, so it holds on any host)."""
+    gpu = load_shim(monkeypatch, cuda=True)
+    assert gpu.DEVICE == "cuda"
+    assert gpu.make_device() == torch.device("cuda") and gpu.make_device(3) == torch.device("cuda", 3)
+    assert gpu.type_name("torch.cuda.FloatTensor") == "torch.cuda.FloatTensor"
+    for name in ("current_device", "synchronize", "Stream", "Event", "manual_seed", "get_rng_state",
+                 "memory_allocated", "MemPool", "nvtx", "default_generators"):
+        assert getattr(gpu, name) is getattr(torch.cuda, name), name
+    assert not gpu.is_on_device(torch.ones(1))  # a CPU tensor is not on the compute device
 
 
 def test_shim_devices(shim) -> None:
@@ -130,18 +152,27 @@ def test_shim_devices(shim) -> None:
 
 
 def test_shim_streams_and_events(shim) -> None:
-    side = shim.Stream()
-    assert side == shim.current_stream() and shim.default_stream() == side
-    with shim.stream(side):
+    """One CPU stream (all streams equal, so megatron takes its main-stream path); waits and
+    stream contexts do nothing; events measure wall time and refuse an unrecorded pair."""
+    side = shim.Stream(priority=-1)
+    assert side == shim.current_stream() == shim.default_stream() and hash(side) == hash(shim.Stream())
+    assert side.priority == -1 and side.device == torch.device("cpu") and side.query()
+    assert side != "stream"
+    with shim.stream(side) as entered:
+        assert entered is None
         side.wait_stream(shim.current_stream())
     start, end = shim.Event(enable_timing=True), shim.Event(enable_timing=True)
+    with pytest.raises(RuntimeError, match="needs both events recorded"):
+        start.elapsed_time(end)
     start.record()
-    end.record()
+    time.sleep(0.05)
+    recorded = side.record_event(end)
+    assert recorded is end and end.query()
     end.synchronize()
-    assert start.elapsed_time(end) >= 0.0
+    assert start.elapsed_time(end) >= 50.0  # milliseconds, like CUDA events
+    assert end.elapsed_time(start) < 0
     with shim.nvtx.range("x"):
-        shim.nvtx.range_push("y")
-        shim.nvtx.range_pop()
+        assert shim.nvtx.range_push("y") == 0 and shim.nvtx.range_pop() == 0
 
 
 def test_shim_rng_is_the_cpu_generator(shim) -> None:

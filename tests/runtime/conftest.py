@@ -2,35 +2,31 @@
 
 The trees are ``cpu_trees`` of tests/conftest.py (``patched``: the newest patchset version;
 ``upstream``: the pinned source as is; both cpu-test flavor). Tests run megatron code from a
-tree in a subprocess (``run_in_tree``): the test process itself never imports megatron.core, so
+tree in a subprocess (``run_in_tree``, forked from the tree's server in ``tests/procs.py``): the test process itself never imports megatron.core, so
 trees with different patch levels never meet in one interpreter.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import REPO, fork_server, run_python
+
+__all__ = ["REPO", "run_in_tree", "texts"]
 
 
 def run_in_tree(tree: Path, *args: str, cwd: Path | None = None, check: bool = True,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python *args`` with ``tree`` (and this repository) importable; output is captured."""
-    merged = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)]),
-              "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, *args], cwd=cwd or REPO, env=merged, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"python {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """``python *args`` as a fresh process with ``tree`` (and this repository) importable, forked
+    from the tree's fork server (torch and megatron.core already imported); output is captured."""
+    return fork_server(tree).run(*args, cwd=cwd, check=check, env=env)
 
 
 WORDS = "the quick brown fox jumps over a lazy dog while data flows through eight GPUs — naïve café 東京".split()
@@ -75,8 +71,7 @@ def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, P
     if shutil.which("g++") is None:
         pytest.skip("g++ is needed to compile megatron's dataset helpers")
     out = tmp_path_factory.mktemp("helpers")
-    includes = subprocess.run([sys.executable, "-m", "pybind11", "--includes"], check=True, capture_output=True,
-                              text=True).stdout.split()
+    includes = run_python("-m", "pybind11", "--includes").stdout.split()
     source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
     subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
                     str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)

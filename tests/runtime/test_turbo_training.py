@@ -16,7 +16,7 @@ import pytest
 
 from tests.runtime.trainer_helpers import make_trainer_tree, metrics, torchrun, write_experiment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.training]
 
 TURBO = {"enable_primus_turbo": True, "use_turbo_attention": True, "train_iters": 3}
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import yaml
 
+from tests.procs import free_port
 from tests.runtime.conftest import REPO, run_in_tree
 
 EXAMPLE = REPO / "configs" / "examples" / "tiny_llama-cpu.yaml"
@@ -27,12 +27,6 @@ def make_trainer_tree(patched: Path, out: Path, helpers_dir: Path) -> Path:
     for helper in helpers_dir.glob("helpers_cpp*"):
         shutil.copy2(helper, out / "megatron" / "core" / "datasets" / helper.name)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_experiment(folder: Path, name: str, overrides: dict, model: str = "tiny_llama.yaml") -> Path:
