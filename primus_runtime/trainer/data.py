@@ -69,7 +69,7 @@ def ensure_dataset_helpers(params: Mapping[str, Any], rank: int) -> str:
     have = importlib.util.find_spec("megatron.core.datasets.helpers_cpp") is not None
     if have:
         return "dataset helpers: helpers_cpp is installed"
-    if params.get("disable_compile_dependencies", True):
+    if params["disable_compile_dependencies"]:
         return ("dataset helpers: helpers_cpp is not installed and disable_compile_dependencies is true, so it is "
                 "not built; datasets will fail to import it")
     built = "by local rank 0"
@@ -128,9 +128,9 @@ def build_datasets(params: Mapping[str, Any], ids: TokenIds, sizes: list[int], n
     if not mock and blend is None and not any(per_split):
         raise ConfigError("no data: set data_path (or train/valid/test_data_path), or mock_data: true")
     config = GPTDatasetConfig(
-        random_seed=int(params.get("seed", 1234)), sequence_length=int(params["seq_length"]),
+        random_seed=int(params["seed"]), sequence_length=int(params["seq_length"]),
         blend=blend, blend_per_split=None if mock or blend is not None else per_split,
-        split=str(params.get("split", "969,30,1")) if blend is not None or mock else None,
+        split=str(params["split"]) if blend is not None or mock else None,
         path_to_cache=params.get("data_cache_path"), tokenizer=ids,
         reset_position_ids=bool(params.get("reset_position_ids")),
         reset_attention_mask=bool(params.get("reset_attention_mask")),

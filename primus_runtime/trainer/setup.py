@@ -33,7 +33,7 @@ def init_distributed(params: Mapping[str, Any]) -> tuple[int, int]:
     """Join the torchrun process group (NCCL/RCCL on GPUs, gloo on CPU); return (rank, world)."""
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = params.get("distributed_backend", "nccl")
+        backend = params["distributed_backend"]
     else:
         backend = "gloo"
     if not torch.distributed.is_initialized():
@@ -41,7 +41,7 @@ def init_distributed(params: Mapping[str, Any]) -> tuple[int, int]:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
         torch.distributed.init_process_group(
-            backend, timeout=timedelta(minutes=int(params.get("distributed_timeout_minutes", 10))))
+            backend, timeout=timedelta(minutes=int(params["distributed_timeout_minutes"])))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     fatal.watch(rank, world)  # from here on, one rank's failure ends every rank with its message
     return rank, world
@@ -54,7 +54,7 @@ def init_parallel_state(layout: Layout, params: Mapping[str, Any]) -> None:
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
         virtual_pipeline_model_parallel_size=layout.vp, context_parallel_size=layout.cp,
         expert_model_parallel_size=layout.ep, expert_tensor_parallel_size=layout.etp,
-        distributed_timeout_minutes=int(params.get("distributed_timeout_minutes", 10)),
+        distributed_timeout_minutes=int(params["distributed_timeout_minutes"]),
     )
 
 
@@ -118,7 +118,7 @@ def build_model(params: Mapping[str, Any], layout: Layout) -> Model:
     wrapped = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
                                        disable_bucketing=index > 0)
                for index, chunk in enumerate(chunks)]
-    vocab = padded_vocab_size(params.get("vocab_size"), int(params.get("make_vocab_size_divisible_by", 128)),
+    vocab = padded_vocab_size(params.get("vocab_size"), int(params["make_vocab_size_divisible_by"]),
                               layout.tp)
     spec = "TransformerEngine layer spec" if have_transformer_engine() else "local layer spec"
     return Model(wrapped, config, vocab, spec)
@@ -130,14 +130,14 @@ def build_optimizer(params: Mapping[str, Any], model: Model) -> Any:
 
     cfg = model.config
     opt_config = OptimizerConfig(
-        optimizer=str(params.get("optimizer", "adam")), lr=float(params["lr"]), min_lr=float(params.get("min_lr", 0.0)),
-        weight_decay=float(params.get("weight_decay", 0.0)), adam_beta1=float(params.get("adam_beta1", 0.9)),
-        adam_beta2=float(params.get("adam_beta2", 0.999)), adam_eps=float(params.get("adam_eps", 1e-8)),
-        sgd_momentum=float(params.get("sgd_momentum", 0.9)), clip_grad=float(params.get("clip_grad", 1.0)),
+        optimizer=str(params["optimizer"]), lr=float(params["lr"]), min_lr=float(params["min_lr"]),
+        weight_decay=float(params["weight_decay"]), adam_beta1=float(params["adam_beta1"]),
+        adam_beta2=float(params["adam_beta2"]), adam_eps=float(params["adam_eps"]),
+        sgd_momentum=float(params["sgd_momentum"]), clip_grad=float(params["clip_grad"]),
         bf16=cfg.bf16, fp16=cfg.fp16, params_dtype=cfg.params_dtype,
-        loss_scale=params.get("loss_scale"), initial_loss_scale=float(params.get("initial_loss_scale", 2**32)),
-        min_loss_scale=float(params.get("min_loss_scale", 1.0)),
-        loss_scale_window=float(params.get("loss_scale_window", 1000)), hysteresis=int(params.get("hysteresis", 2)),
+        loss_scale=params.get("loss_scale"), initial_loss_scale=float(params["initial_loss_scale"]),
+        min_loss_scale=float(params["min_loss_scale"]),
+        loss_scale_window=float(params["loss_scale_window"]), hysteresis=int(params["hysteresis"]),
         use_distributed_optimizer=bool(params.get("use_distributed_optimizer")),
         overlap_param_gather=bool(params.get("overlap_param_gather")),
         log_num_zeros_in_grad=False,
