@@ -42,6 +42,8 @@ def test_outputs(out: Path) -> None:
         "fused_padded_mla_attention": "applied",
         "no_fp8_weight_transpose_cache": "applied",
         "moe_use_fused_router_with_aux_score": "applied",
+        "enable_primus_turbo": "applied",
+        "use_turbo_attention": "applied",
         # declared for the manifest and the patch notes; primus_runtime implements them
         "trainer_trackers": "runtime",
         "trainer_resume_and_saving": "runtime",
@@ -82,7 +84,8 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
         "flags": sorted(["disable_primus_topk_router", "moe_router_force_load_balancing",
                          "moe_router_force_load_balancing_type", "moe_permute_fusion", "fused_padded_mla_attention",
                          "use_deprecated_20241209_moe_layer", "no_fp8_weight_transpose_cache",
-                         "moe_use_fused_router_with_aux_score", "disable_tensorboard", "disable_wandb",
+                         "moe_use_fused_router_with_aux_score", "enable_primus_turbo", "use_turbo_attention",
+                         "disable_tensorboard", "disable_wandb",
                          "auto_continue_train", "disable_last_saving", "disable_compile_dependencies", "pp_warmup",
                          "disable_profiler_activity_cpu", "use_rocm_mem_info", "use_rocm_mem_info_iters",
                          "disable_mlflow"]),
