@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from primus_runtime.errors import DataError
 from primus_runtime.trainer.fatal import Failure, describe
+from tests.procs import free_port
 from tests.runtime.conftest import REPO
-from tests.runtime.trainer_helpers import free_port
 
 RANK = """
 import sys, time
@@ -63,6 +65,7 @@ def _run_pair(tmp_path: Path, role0: str, role1: str) -> list[tuple[int, str]]:
     return results
 
 
+@pytest.mark.slow  # two ranks as processes, ~5 s each: out of the fast tier
 def test_a_blocked_rank_ends_with_the_failing_ranks_message(tmp_path: Path) -> None:
     began = time.monotonic()
     (code0, err0), (code1, err1) = _run_pair(tmp_path, "wait", "fail")
@@ -71,6 +74,7 @@ def test_a_blocked_rank_ends_with_the_failing_ranks_message(tmp_path: Path) -> N
     assert (code1, err1.strip()) == (4, "error: own")
 
 
+@pytest.mark.slow  # two ranks as processes, ~5 s each: out of the fast tier
 def test_a_later_failure_reports_the_first_one(tmp_path: Path) -> None:
     """Rank 0 fails first; rank 1's own (different) failure comes later, as a broken collective's
     would: rank 1 reports rank 0's failure, the cause."""
