@@ -34,7 +34,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def config(**overrides):  # type: ignore[no-untyped-def]
+def config(**overrides):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     settings = dict(num_layers=1, hidden_size=HIDDEN, num_attention_heads=HEADS, num_query_groups=GROUPS,
@@ -43,7 +43,7 @@ def config(**overrides):  # type: ignore[no-untyped-def]
     return TransformerConfig(**settings)
 
 
-def self_attention(cfg, mask_type):  # type: ignore[no-untyped-def]
+def self_attention(cfg, mask_type):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.attention import SelfAttention
@@ -54,7 +54,7 @@ def self_attention(cfg, mask_type):  # type: ignore[no-untyped-def]
     return SelfAttention(cfg, spec.submodules.self_attention.submodules, layer_number=1, attn_mask_type=mask_type)
 
 
-def run_layer(module, mask):  # type: ignore[no-untyped-def]
+def run_layer(module, mask):
     hidden = torch.randn(SEQ, BATCH, HIDDEN, generator=torch.Generator().manual_seed(7), requires_grad=True)
     output, _ = module(hidden, attention_mask=mask)
     output.square().sum().backward()
@@ -85,12 +85,12 @@ def layers() -> dict:
 class ReferenceCoreAttention(torch.nn.Module):
     """Explicit causal softmax attention (no SDPA): the reference for multi-latent attention."""
 
-    def __init__(self, config, layer_number, attn_mask_type, attention_type=None, softmax_scale=None,  # type: ignore[no-untyped-def]
+    def __init__(self, config, layer_number, attn_mask_type, attention_type=None, softmax_scale=None,
                  k_channels=None, v_channels=None, cp_comm_type=None, pg_collection=None, **_):
         super().__init__()
         self.scale = softmax_scale
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,  # type: ignore[no-untyped-def]
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         out = reference(query, key, value, self.scale, "causal", None).to(query.dtype)
         return out.reshape(query.size(0), query.size(1), -1)
@@ -123,7 +123,7 @@ def mla() -> dict:
             "grad_params": max(rel(turbo[2][k], ref[2][k]) for k in ref[2])}
 
 
-def reference(q, k, v, scale, kind, mask):  # type: ignore[no-untyped-def]
+def reference(q, k, v, scale, kind, mask):
     """Float64 attention by its definition; [s, b, h, d] in, [s, b, h, dv] out."""
     q, k, v = (t.double().permute(1, 2, 0, 3) for t in (q, k, v))
     k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))
@@ -182,7 +182,7 @@ def refusals() -> dict:
     start_single_process()
     records: list[str] = []
     handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    handler.emit = lambda record: records.append(record.getMessage())
     logging.getLogger("megatron.core._primus.turbo").addHandler(handler)
     logging.getLogger("megatron.core._primus.turbo").setLevel(logging.INFO)
     on = {"enable_primus_turbo": True, "use_turbo_attention": True}
