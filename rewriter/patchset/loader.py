@@ -118,22 +118,12 @@ def _load_version(
             raise PatchsetError(f"{_rel(root, patch_dir / 'patch.yaml')}: duplicate patch id {patch.id!r} (also in {seen_ids[patch.id]})")
         seen_ids[patch.id] = folder.name
         for flag in patch.flags:
-            if flag.name in seen_flags:
-                raise PatchsetError(
-                    f"{_rel(root, patch_dir / 'patch.yaml')}: flag {flag.name!r} is already declared by "
-                    f"{seen_flags[flag.name][0]}"
-                )
-            seen_flags[flag.name] = (f"patch {patch.id!r}", flag)
+            _claim_flag(seen_flags, flag, f"patch {patch.id!r}", f"{_rel(root, patch_dir / 'patch.yaml')}: flag")
         patches.append(patch)
     planned = []
     for node in series.get("planned_flags", []):
         flag = _load_flag(origin, node, folder.name, implemented_in=None)
-        if flag.name in seen_flags:
-            raise PatchsetError(
-                f"{where(origin, node, 'name')}: planned flag {flag.name!r} is already declared by "
-                f"{seen_flags[flag.name][0]}"
-            )
-        seen_flags[flag.name] = (f"planned_flags of {folder.name}", flag)
+        _claim_flag(seen_flags, flag, f"planned_flags of {folder.name}", f"{where(origin, node, 'name')}: planned flag")
         planned.append(flag)
     return PatchsetVersion(version=folder.name, summary=series["summary"], patches=tuple(patches),
                            planned_flags=tuple(planned))
@@ -413,6 +403,13 @@ def _render_code(
         raise PatchsetError(f"{loc}: template uses an undefined variable: {exc.message}") from exc
     _check_python(loc, text, f"rendered {key}")
     return text
+
+
+def _claim_flag(seen: dict[str, tuple[str, Flag]], flag: Flag, owner: str, at: str) -> None:
+    """Record that ``owner`` declares ``flag``; a flag is declared once across all versions."""
+    if flag.name in seen:
+        raise PatchsetError(f"{at} {flag.name!r} is already declared by {seen[flag.name][0]}")
+    seen[flag.name] = (owner, flag)
 
 
 def _check_inside(loc: str, key: str, value: str, tree: str) -> None:
