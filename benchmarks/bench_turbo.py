@@ -128,8 +128,12 @@ def run(out: Path, labels: list[str]) -> None:
     for tree in ("upstream", "patched"):
         compile_helpers(WORK / tree)
     chosen = [r for r in RUNS if not labels or any(r[0].startswith(x) for x in labels)]
-    results = [train(label, exp, tree, overrides, out, i) for i, (label, exp, tree, overrides, _) in enumerate(chosen)]
-    (out / "results.json").write_text(json.dumps({"gpu": gpu, "gemm_tflops": gemm, "results": results}, indent=1))
+    results: list[dict[str, Any]] = []
+    for i, (label, exp, tree, overrides, _) in enumerate(chosen):
+        results.append(train(label, exp, tree, overrides, out, i))
+        # written after every run, so that a run cut short by the device's time limit keeps what finished
+        (out / "results.json").write_text(json.dumps({"gpu": gpu, "gemm_tflops": gemm, "results": results}, indent=1))
+        print(f"done {label}: {results[-1].get('tokens_per_gpu', 'failed')} tokens/s", flush=True)
     print(f"GPU: {gpu}; torch {torch.__version__}; bf16 GEMM 8192^3: {gemm:.0f} TFLOP/s")
     by = {r["label"]: r for r in results if not r.get("failed")}
     print("| run | tokens/s per GPU | TFLOP/s per GPU | MFU (989) | MFU (GEMM) | step (ms) | peak GiB | x upstream | "
