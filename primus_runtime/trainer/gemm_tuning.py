@@ -8,8 +8,9 @@ so the stages keep Primus's variable and meaning:
     no tuning: torch's default GEMM choice.
 ``1`` dump shapes
     train as usual and record every GEMM shape TunableOp sees, per rank, into
-    ``<workspace>/tune_hipblaslt/<model>/gemm_shape/untuned<rank>.csv`` (a few iterations are
-    enough: the shapes repeat every iteration).
+    ``<workspace>/tune_hipblaslt/<model>/gemm_shape/untuned<rank>-gpu<device>.csv`` (a few
+    iterations are enough: the shapes repeat every iteration). TunableOp always puts the device
+    ordinal into this file's name, so the name carries both.
 ``2`` tune
     no training: each rank benchmarks the candidate kernels for the shapes it recorded and writes
     the fastest to ``.../gemm_tune/tuned<rank>.csv``.
@@ -48,6 +49,13 @@ class Tuning:
     stage: int
     untuned: Path
     tuned: Path
+    device: int = 0
+
+    @property
+    def untuned_template(self) -> str:
+        """The untuned file's name as TunableOp wants it: ``%d`` where it writes the device ordinal
+        (without one it inserts the ordinal before the suffix, and the file lands elsewhere)."""
+        return str(self.untuned).replace(f"-gpu{self.device}.csv", "-gpu%d.csv")
 
     @property
     def trains(self) -> bool:
@@ -55,13 +63,15 @@ class Tuning:
         return self.stage != 2
 
 
-def from_environment(env: Mapping[str, str], workspace: Path, model: str, rank: int) -> Tuning:
-    """The stage of ``PRIMUS_HIPBLASLT_TUNING_STAGE`` (unset: 0) and this rank's file paths."""
+def from_environment(env: Mapping[str, str], workspace: Path, model: str, rank: int, device: int = 0) -> Tuning:
+    """The stage of ``PRIMUS_HIPBLASLT_TUNING_STAGE`` (unset: 0) and the file paths of this rank on
+    GPU ``device``."""
     text = env.get(ENV, "0").strip() or "0"
     if text not in {str(s) for s in STAGES}:
         raise ConfigError(f"{ENV}={text!r}: choose 0 (off), 1 (dump shapes), 2 (tune) or 3 (train tuned)")
     root = workspace / "tune_hipblaslt" / model
-    return Tuning(int(text), root / "gemm_shape" / f"untuned{rank}.csv", root / "gemm_tune" / f"tuned{rank}.csv")
+    return Tuning(int(text), root / "gemm_shape" / f"untuned{rank}-gpu{device}.csv",
+                  root / "gemm_tune" / f"tuned{rank}.csv", device)
 
 
 def start(tuning: Tuning) -> str | None:
@@ -74,7 +84,7 @@ def start(tuning: Tuning) -> str | None:
     if tuning.stage == 1:
         tuning.untuned.parent.mkdir(parents=True, exist_ok=True)
         # TunableOp reads the untuned file's name from the environment when it first records
-        os.environ["PYTORCH_TUNABLEOP_UNTUNED_FILENAME"] = str(tuning.untuned)
+        os.environ["PYTORCH_TUNABLEOP_UNTUNED_FILENAME"] = tuning.untuned_template
         tunable.enable(True)
         tunable.tuning_enable(False)
         tunable.record_untuned_enable(True)
@@ -113,7 +123,8 @@ def tune(tuning: Tuning) -> str:
 
 def prepare(exp: Experiment, rank: int, log: logging.Logger) -> bool:
     """Apply the stage for this rank before its first GEMM; False when stage 2 tuned instead of training."""
-    tuning = from_environment(os.environ, Path(exp.workspace), exp.model_config.stem, rank)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    tuning = from_environment(os.environ, Path(exp.workspace), exp.model_config.stem, rank, device)
     if not tuning.trains:
         log.info(tune(tuning))
         return False

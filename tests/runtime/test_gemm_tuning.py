@@ -23,6 +23,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """A GPU host as far as gemm_tuning can tell, with every TunableOp call recorded instead of made."""
     recorded: list[tuple] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     for name in FUNCTIONS:
         monkeypatch.setattr(torch.cuda.tunable, name, lambda *a, _n=name: recorded.append((_n, *a)) or True)
     monkeypatch.setattr(torch.cuda.tunable, "get_results", lambda: [("GemmTunableOp", "NN_8_8_8", "Gemm_Blas_1", 0.1)])
@@ -32,9 +33,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
 def test_stage_and_paths_follow_primus(tmp_path: Path) -> None:
     assert gemm_tuning.from_environment({}, tmp_path, "llama3.2_1B", 0).stage == 0
-    tuning = gemm_tuning.from_environment({"PRIMUS_HIPBLASLT_TUNING_STAGE": "2"}, tmp_path, "llama3.2_1B", 3)
+    tuning = gemm_tuning.from_environment({"PRIMUS_HIPBLASLT_TUNING_STAGE": "2"}, tmp_path, "llama3.2_1B", 3, 1)
     assert tuning.stage == 2 and not tuning.trains
-    assert tuning.untuned == tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_shape" / "untuned3.csv"
+    assert tuning.untuned == tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_shape" / "untuned3-gpu1.csv"
     assert tuning.tuned == tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_tune" / "tuned3.csv"
     with pytest.raises(ConfigError, match=r"PRIMUS_HIPBLASLT_TUNING_STAGE='4': choose 0 \(off\)"):
         gemm_tuning.from_environment({"PRIMUS_HIPBLASLT_TUNING_STAGE": "4"}, tmp_path, "m", 0)
@@ -54,12 +55,16 @@ def test_stage_1_records_shapes_without_tuning(tmp_path: Path, calls: list[tuple
     tuning = gemm_tuning.from_environment({"PRIMUS_HIPBLASLT_TUNING_STAGE": "1"}, tmp_path, "m", 1)
     assert "recording GEMM shapes" in gemm_tuning.start(tuning)
     assert calls == [("enable", True), ("tuning_enable", False), ("record_untuned_enable", True)]
-    assert os.environ["PYTORCH_TUNABLEOP_UNTUNED_FILENAME"] == str(tuning.untuned) and tuning.untuned.parent.is_dir()
+    template = os.environ["PYTORCH_TUNABLEOP_UNTUNED_FILENAME"]
+    assert template.endswith("untuned1-gpu%d.csv") and tuning.untuned.parent.is_dir()
+    # TunableOp replaces %d by the current device's ordinal (seen on an H200: without a %d it inserted
+    # the ordinal before ".csv" and stage 2 found no file)
+    assert template.replace("%d", str(tuning.device)) == str(tuning.untuned)
 
 
 def test_stage_2_tunes_what_stage_1_recorded(tmp_path: Path, calls: list[tuple]) -> None:
     tuning = gemm_tuning.from_environment({"PRIMUS_HIPBLASLT_TUNING_STAGE": "2"}, tmp_path, "m", 0)
-    with pytest.raises(ConfigError, match="untuned0.csv does not exist; run stage 1"):
+    with pytest.raises(ConfigError, match="untuned0-gpu0.csv does not exist; run stage 1"):
         gemm_tuning.tune(tuning)
     tuning.untuned.parent.mkdir(parents=True)
     tuning.untuned.write_text("Validator,PT_VERSION,2.13.0\n")
@@ -91,7 +96,7 @@ def test_the_run_trains_except_in_stage_2(tmp_path: Path, calls: list[tuple], mo
     monkeypatch.delenv("PRIMUS_HIPBLASLT_TUNING_STAGE", raising=False)
     assert gemm_tuning.prepare(exp, 0, log) and calls == []
     monkeypatch.setenv("PRIMUS_HIPBLASLT_TUNING_STAGE", "2")
-    recorded = tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_shape" / "untuned1.csv"
+    recorded = tmp_path / "tune_hipblaslt" / "llama3.2_1B" / "gemm_shape" / "untuned1-gpu0.csv"
     recorded.parent.mkdir(parents=True)
     recorded.write_text("Validator,PT_VERSION,2.13.0\n")
     with caplog.at_level(logging.INFO, logger="test_gemm_tuning"):
