@@ -53,9 +53,10 @@ class Tuning:
 
     @property
     def untuned_template(self) -> str:
-        """The untuned file's name as TunableOp wants it: ``%d`` where it writes the device ordinal
-        (without one it inserts the ordinal before the suffix, and the file lands elsewhere)."""
-        return str(self.untuned).replace(f"-gpu{self.device}.csv", "-gpu%d.csv")
+        """The untuned file's name as handed to TunableOp, which inserts the device ordinal before
+        the suffix itself (torch 2.11 on an H200 wrote ``untuned0.csv`` as ``untuned00.csv`` and a
+        ``%d`` literally), so the name it gets ends in ``-gpu.csv``."""
+        return str(self.untuned).replace(f"-gpu{self.device}.csv", "-gpu.csv")
 
     @property
     def trains(self) -> bool:
