@@ -27,10 +27,11 @@ from rewriter.emit.manifest import (
 )
 from rewriter.emit.staging import stage_tree
 from rewriter.emit.wheel import build_environment, build_wheel
-from rewriter.engine import SeriesResult, apply_series
-from rewriter.errors import EmitError
+from rewriter.engine import OK_STATUSES, SeriesResult, apply_series
+from rewriter.errors import DriftError, EmitError
 from rewriter.patchset.loader import load_patchsets
 from rewriter.patchset.model import Patchsets
+from rewriter.semantic import broken_message, check_series
 from rewriter.stale import clean_stale, owned_prefix
 from rewriter.ui import UI
 from rewriter.upstream import Pin, UpstreamTree, load_pin, resolve, resolve_release
@@ -95,10 +96,15 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
         clean_leftovers(paths.build_cache, ui.info)
         cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
-                              releases=_release_resolver(pin, paths.upstream_cache, ui))
-        for status in ("applied", "already-present"):
+                              releases=_release_resolver(pin, paths.upstream_cache, ui), version=tree.version)
+        for status in OK_STATUSES:
             n = sum(1 for r in result.reports if r.status == status)
-            ui.info(f"{n} edits {status}")
+            if n or status != "not-applicable":
+                ui.info(f"{n} edits {status}")
+    with ui.task("checking the patched code (compiles, names resolve on this release)"):
+        problems = check_series(result, tree.read, tree.digest, cache)
+        if problems:
+            raise DriftError(broken_message(problems, tree.label))
     return Applied(patchsets, tree, result)
 
 
