@@ -92,9 +92,8 @@ def cmd_check(args: argparse.Namespace, ui: UI) -> int:
 
 def cmd_docs(args: argparse.Namespace, ui: UI) -> int:
     from rewriter.emit.docs import documents, stale, write
-    from rewriter.patchset.loader import load_patchsets
-
     from rewriter.matrix import stale_doc
+    from rewriter.patchset.loader import load_patchsets
     from rewriter.upstream import load_pin
 
     paths = _paths(args)

@@ -207,9 +207,9 @@ def to_markdown(patchset_version: str, columns: list[ReleaseColumn]) -> str:
     for patch, version in patches:
         row = [f"`{patch}` ({version})"]
         for column in columns:
-            v = cells.get((column.release, patch))
-            text = v.verdict if v else ("error" if column.error else "")
-            if v and v.variants:
+            cell = cells.get((column.release, patch))
+            text = cell.verdict if cell else ("error" if column.error else "")
+            if cell and cell.variants:
                 text += " ◆"
             row.append(text)
         lines.append(f"| {' | '.join(row)} |")
