@@ -100,6 +100,44 @@ def test_release_added_by_the_command_is_checked_offline_from_the_cache(
     assert ["0.1.0", "pinned", "yes"] == rows[1][:3]
 
 
+def fake_index(monkeypatch: pytest.MonkeyPatch, sdist: Path, stated: str) -> list[str]:
+    """A package index (PEP 503 HTML) that lists ``sdist`` with the sha256 ``stated``; returns the
+    URLs asked for."""
+    asked: list[str] = []
+
+    def get(url: str, accept: str) -> tuple[bytes, str, str]:
+        asked.append(url)
+        if url.endswith("/fake-core/"):
+            page = f'<a href="../../files/{sdist.name}#sha256={stated}">{sdist.name}</a>'
+            return page.encode(), "text/html", url
+        assert url == f"https://index.invalid/files/{sdist.name}", url
+        return sdist.read_bytes(), "application/octet-stream", url
+
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.invalid/simple/")
+    monkeypatch.setattr("rewriter.sdist.http_get", get)
+    return asked
+
+
+def test_release_is_downloaded_from_the_index(sample: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sdist, digest = release_sdist(tmp_path, "0.1.1")
+    asked = fake_index(monkeypatch, sdist, sha256_of(sdist))
+    assert main(["releases", "add", "0.1.1", "-q", "--pin", str(sample.pin), "--upstream-cache", str(sample.cache)]) == 0
+    assert asked == ["https://index.invalid/simple/fake-core/", f"https://index.invalid/files/{sdist.name}"]
+    assert load_pin(sample.pin).find("0.1.1") == Release("0.1.1", "core_v0.1.1", "", sha256_of(sdist), digest)
+
+
+def test_download_that_differs_from_the_index_is_refused(sample: Sample, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    sdist, _ = release_sdist(tmp_path, "0.1.1")
+    fake_index(monkeypatch, sdist, "0" * 64)
+    before = sample.pin.read_text()
+    assert main(["releases", "add", "0.1.1", "-q", "--pin", str(sample.pin), "--upstream-cache", str(sample.cache)]) == 3
+    one_error_line(capsys.readouterr().err, "digest mismatch", "the index states " + "0" * 64)
+    assert sample.pin.read_text() == before
+
+
 def test_release_without_commit_goes_to_the_testbed(sample: Sample, tmp_path: Path, offline: None) -> None:
     sdist, _ = release_sdist(tmp_path, "0.1.1")
     assert add(sample, "0.1.1", sdist) == 0
