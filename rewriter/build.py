@@ -80,7 +80,18 @@ class Applied:
         return unified_diff(changes)
 
 
-def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True) -> Applied:
+@dataclass(frozen=True)
+class Inputs:
+    """The loaded patchsets and the resolved upstream: what applying starts from."""
+
+    patchsets: Patchsets
+    tree: UpstreamTree
+    releases: Callable[[str], UpstreamTree]  # other releases, for import_module edits
+    cache: JsonCache  # the engine's (and the semantic check's) cache
+
+
+def load_inputs(paths: Paths, upstream: Upstream, ui: UI) -> Inputs:
+    """Load and validate the patchsets, resolve and verify the upstream tree."""
     with ui.task("loading patchsets"):
         patchsets = load_patchsets(paths.patchsets)
         ui.info(f"{len(patchsets.versions)} versions, {len(patchsets.series())} patches")
@@ -92,11 +103,18 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
             tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
                            upstream.sdist, ui.info, ui.warn)
         ui.info(tree.label)
+    clean_leftovers(paths.build_cache, ui.info)
+    cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
+    return Inputs(patchsets, tree, _release_resolver(pin, paths.upstream_cache, ui), cache)
+
+
+def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True) -> Applied:
+    """Apply every patchset version to the upstream; any drift or broken result raises."""
+    inputs = load_inputs(paths, upstream, ui)
+    patchsets, tree, cache = inputs.patchsets, inputs.tree, inputs.cache
     with ui.task("applying patches"):
-        clean_leftovers(paths.build_cache, ui.info)
-        cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
-                              releases=_release_resolver(pin, paths.upstream_cache, ui), version=tree.version)
+                              releases=inputs.releases, version=tree.version)
         for status in OK_STATUSES:
             n = sum(1 for r in result.reports if r.status == status)
             if n or status != "not-applicable":

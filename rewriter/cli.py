@@ -82,11 +82,23 @@ def cmd_diff(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_check(args: argparse.Namespace, ui: UI) -> int:
-    from rewriter.build import apply_patchsets
+    """Every patch's verdict on one upstream (a column of ``matrix``); exit 4 if any fails."""
+    from rewriter.build import load_inputs
+    from rewriter.matrix import PASSING, apply_to_release
 
-    applied = apply_patchsets(_paths(args), _upstream(args), ui)
-    for patch in applied.patchsets.series():
-        print(f"{patch.version}  {patch.id:40s} {applied.result.patch_status(patch)}")
+    inputs = load_inputs(_paths(args), _upstream(args), ui)
+    with ui.task("applying patches and checking the result"):
+        verdicts, _ = apply_to_release(inputs.patchsets.series(), inputs.tree, inputs.releases, inputs.cache)
+    failing = [v for v in verdicts if v.verdict not in PASSING]
+    for v in verdicts:
+        print(f"{v.version}  {v.patch:40s} {v.verdict}" + (f"  {v.reason}" if v in failing else ""))
+    if failing:
+        raise DriftError(
+            f"{len(failing)} patch(es) do not build on upstream {inputs.tree.label}: "
+            + "; ".join(f"{v.patch}: {v.verdict}: {v.reason}" for v in failing)
+            + ". Fix the anchor, limit the edit to the releases it fits (`releases:`) or give a variant "
+            "(docs/patchset-format.md)."
+        )
     return 0
 
 

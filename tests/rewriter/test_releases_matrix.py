@@ -187,9 +187,15 @@ def test_broken_edit_is_classified_broken(sample: Sample, tmp_path: Path, offlin
     assert add(sample, "0.2.0", sdist, "--commit", "e" * 40) == 0
     capsys.readouterr()
     assert main(sample.args("check", upstream=False) + ["--upstream-release", "0.2.0"]) == 4
-    err = capsys.readouterr().err
-    one_error_line(err, "1 problem(s) in the patched code", f"{BLOCK}:", "undefined name 'y'",
-                   "(patch double_output)", "releases:")
+    captured = capsys.readouterr()
+    assert captured.out.split()[:3] == ["v0.1.0", "double_output", "broken"]
+    one_error_line(captured.err, "1 patch(es) do not build", f"double_output: broken: {BLOCK}:",
+                   "undefined name 'y'", "releases:")
+    out = tmp_path / "out"
+    assert main(sample.args("build", upstream=False) + ["--upstream-release", "0.2.0", "--out", str(out)]) == 4
+    one_error_line(capsys.readouterr().err, "1 problem(s) in the patched code", f"{BLOCK}:", "undefined name 'y'",
+                   "(patch double_output)")
+    assert not out.exists()
     assert main(sample.args("matrix", upstream=False) + ["--format", "json"]) == 0  # 0.2.0 is not supported
     columns = {c["release"]: c for c in json.loads(capsys.readouterr().out)["releases"]}
     assert set(columns) == {"0.1.0", "0.2.0"}
