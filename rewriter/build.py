@@ -54,6 +54,7 @@ class Upstream:
     repo: str | None = None
     sdist: Path | None = None
     release: str | None = None
+    allow_dirty: bool = False  # a local ``repo`` with uncommitted changes is refused unless set
 
 
 @dataclass
@@ -89,7 +90,7 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
             tree = resolve_release(upstream.release, pin, paths.upstream_cache, upstream.sdist, ui.info, ui.warn)
         else:
             tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
-                           upstream.sdist, ui.info, ui.warn)
+                           upstream.sdist, ui.info, ui.warn, upstream.allow_dirty)
         ui.info(tree.label)
     with ui.task("applying patches"):
         clean_leftovers(paths.build_cache, ui.info)

@@ -44,8 +44,10 @@ def _upstream(args: argparse.Namespace) -> Upstream:
 
     if args.upstream_release and (args.upstream or args.upstream_repo):
         raise UsageError("--upstream-release names a release by version; do not combine it with --upstream/--upstream-repo")
+    if args.allow_dirty and not args.upstream_repo:
+        raise UsageError("--allow-dirty is about the --upstream-repo source; it does nothing without --upstream-repo")
     return Upstream(sha=args.upstream, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None,
-                    release=args.upstream_release)
+                    release=args.upstream_release, allow_dirty=args.allow_dirty)
 
 
 def cmd_build(args: argparse.Namespace, ui: UI) -> int:
@@ -127,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     upstream = argparse.ArgumentParser(add_help=False)
     upstream.add_argument("--upstream", metavar="SHA", help="upstream commit, full or unique prefix (default: the pin)")
     upstream.add_argument("--upstream-repo", metavar="URL|PATH", help="resolve SHA with git from this repository")
+    upstream.add_argument("--allow-dirty", action="store_true",
+                          help="build from a local --upstream-repo with uncommitted changes (its commit is built, not the edits)")
     upstream.add_argument("--sdist", metavar="PATH", help="use this sdist instead of downloading it from PyPI")
     upstream.add_argument("--upstream-release", metavar="VERSION",
                           help="a release of the pin file by PyPI version, e.g. the 0.10.0 drift testbed")
