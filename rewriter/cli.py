@@ -66,7 +66,7 @@ def cmd_build(args: argparse.Namespace, ui: UI) -> int:
             raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(names)})")
         versions = [version]
     out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast,
-                wheels=not args.no_wheel, flavor=args.flavor)
+                wheels=not args.no_wheel, flavor=args.flavor, python=args.python)
     print(out)
     return 0
 
@@ -144,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="build/out", help="output folder (default: build/out)")
     b.add_argument("--fast", action="store_true", help="skip the second-pass stability check")
     b.add_argument("--no-wheel", action="store_true", help="write diffs, manifests and report only (for review)")
+    b.add_argument("--python", metavar="PATH",
+                   help="build the wheel by and for this interpreter (it needs pip, setuptools<80, wheel, pybind11); "
+                        "default: the one running the rewriter")
     b.add_argument("--flavor", choices=FLAVORS, default="default",
                    help="cpu-test: route CUDA calls through a device module so tests run on CPU (default: default)")
     d = sub.add_parser("diff", parents=[common, upstream], help="print the diff of one patchset version")
