@@ -8,13 +8,16 @@ to know about it is read once by running a small stdlib-only probe there.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from rewriter.errors import EmitError
 
@@ -24,34 +27,44 @@ INSTALL_HINT = "'setuptools>=64,<80' wheel pybind11"
 #: the sysconfig variables that reach the compile and link lines
 CONFIG_VARS = ("CC", "CXX", "CFLAGS", "CCSHARED", "LDSHARED", "LDCXXSHARED")
 
-_PROBE = r"""
-import json, sys, sysconfig
-from importlib import metadata
+def _facts(config_vars: tuple[str, ...], packages: tuple[str, ...]) -> dict[str, Any]:
+    """This interpreter's facts; stdlib only, since it is also sent to run in the target (``_probe``)."""
+    import sys
+    import sysconfig
+    from importlib import metadata
 
-def version(name):
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
     try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
+        import pybind11
 
-try:
-    import pybind11
-    pybind11_include = pybind11.get_include()
-except ImportError:
-    pybind11_include = None
-print(json.dumps({
-    "version": sys.version,
-    "cache_tag": sys.implementation.cache_tag,
-    "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"),
-    "platform": sysconfig.get_platform(),
-    "prefix": sys.prefix,
-    "base_prefix": sys.base_prefix,
-    "include": sysconfig.get_paths()["include"],
-    "config": {k: sysconfig.get_config_var(k) for k in sys.argv[1].split(",")},
-    "pybind11_include": pybind11_include,
-    "packages": {name: version(name) for name in sys.argv[2].split(",")},
-}))
-"""
+        pybind11_include = pybind11.get_include()
+    except ImportError:
+        pybind11_include = None
+    return {
+        "version": sys.version,
+        "cache_tag": sys.implementation.cache_tag,
+        "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"),
+        "platform": sysconfig.get_platform(),
+        "prefix": sys.prefix,
+        "base_prefix": sys.base_prefix,
+        "include": sysconfig.get_paths()["include"],
+        "config": {k: sysconfig.get_config_var(k) for k in config_vars},
+        "pybind11_include": pybind11_include,
+        "packages": {name: version(name) for name in packages},
+    }
+
+
+#: run by the target interpreter: ``_facts`` itself, printed as JSON
+_PROBE = (
+    "from __future__ import annotations\nimport json\nfrom typing import Any\n"
+    + textwrap.dedent(inspect.getsource(_facts))
+    + f"\nprint(json.dumps(_facts({CONFIG_VARS!r}, {BUILD_REQUIREMENTS!r})))\n"
+)
 
 
 @dataclass(frozen=True)
@@ -87,17 +100,23 @@ class Interpreter:
 def interpreter(python: str | None = None) -> Interpreter:
     """The interpreter at ``python`` (a path or a name on PATH); ``None``: the one running the rewriter."""
     if python is None:
-        return _probe(sys.executable)
+        return _own()
     found = shutil.which(python) if os.sep not in python else python
     if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
         raise EmitError(f"--python {python}: no such executable")
     return _probe(os.path.abspath(found))
 
 
+@lru_cache(maxsize=1)
+def _own() -> Interpreter:
+    """The rewriter's interpreter, read in-process (no child: an unchanged rebuild stays fast)."""
+    return Interpreter(executable=sys.executable, **_facts(CONFIG_VARS, BUILD_REQUIREMENTS))
+
+
 @lru_cache(maxsize=8)
 def _probe(executable: str) -> Interpreter:
     try:
-        proc = subprocess.run([executable, "-c", _PROBE, ",".join(CONFIG_VARS), ",".join(BUILD_REQUIREMENTS)],
+        proc = subprocess.run([executable, "-c", _PROBE],
                               capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
         raise EmitError(f"--python {executable}: cannot run it: {exc}") from exc

@@ -99,3 +99,11 @@ def test_wheel_for_another_interpreter(helper_sample: Sample, tmp_path: Path) ->
         assert main(helper_sample.args("build", "-q", "--out", str(tmp_path / "own"))) == 0
         (own,) = (tmp_path / "own").glob("*.whl")
         assert own.name != wheel.name
+
+
+@pytest.mark.slow
+def test_the_probe_reads_what_the_rewriter_reads_in_process() -> None:
+    """The default interpreter is read in-process, another one by the probe: the same facts."""
+    from rewriter.emit import interpreter as module
+
+    assert module._probe(sys.executable) == module.interpreter()
