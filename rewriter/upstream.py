@@ -161,7 +161,7 @@ def resolve_release(
     if release is None:
         known = ", ".join(r.version for r in (*pin.releases, *pin.testbed))
         raise UpstreamError(f"unknown upstream release {version!r} (the pin file lists: {known})")
-    return _from_pypi(release, pin, Path(os.path.abspath(cache_dir)), sdist, log, warn or log)
+    return _from_pypi(release, pin, cache_dir, sdist, log, warn or log)
 
 
 # -- git ---------------------------------------------------------------------------------------
