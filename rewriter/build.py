@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rewriter.cache import FileCache, JsonCache, cache_key, clean_leftovers
 from rewriter.emit.diffs import unified_diff
+from rewriter.emit.interpreter import Interpreter, interpreter
 from rewriter.emit.manifest import (
     SUPPORT_PACKAGE,
     build_manifest,
@@ -55,6 +56,7 @@ class Upstream:
     repo: str | None = None
     sdist: Path | None = None
     release: str | None = None
+    allow_dirty: bool = False  # a local ``repo`` with uncommitted changes is refused unless set
 
 
 @dataclass
@@ -101,7 +103,7 @@ def load_inputs(paths: Paths, upstream: Upstream, ui: UI) -> Inputs:
             tree = resolve_release(upstream.release, pin, paths.upstream_cache, upstream.sdist, ui.info, ui.warn)
         else:
             tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
-                           upstream.sdist, ui.info, ui.warn)
+                           upstream.sdist, ui.info, ui.warn, upstream.allow_dirty)
         ui.info(tree.label)
     clean_leftovers(paths.build_cache, ui.info)
     cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
@@ -139,14 +141,18 @@ def _release_resolver(pin: Pin, cache_dir: Path, ui: UI) -> Callable[[str], Upst
 
 
 def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: UI,
-          verify: bool = True, wheels: bool = True, flavor: str = "default") -> Path:
+          verify: bool = True, wheels: bool = True, flavor: str = "default", python: str | None = None) -> Path:
     """Run the whole build; return the output folder.
 
     Diffs cover every patchset version. ``versions`` (oldest first) get a manifest and, unless
     ``wheels`` is false, a wheel each; with several, each goes under ``versions/<version>/`` and
     the last one is also put at the top of ``out``. A non-default ``flavor`` (see
-    :mod:`rewriter.flavors`) adds its rewrites to every wheel and writes their diff.
+    :mod:`rewriter.flavors`) adds its rewrites to every wheel and writes their diff. ``python``
+    (default: this interpreter) is the interpreter the wheels are built by and for.
     """
+    target = interpreter(python)
+    if wheels:
+        target.require_build_tools()  # before any work
     out = out.resolve()
     tmp_out = _claim_output(out, ui)
     try:
@@ -160,7 +166,7 @@ def build(paths: Paths, upstream: Upstream, out: Path, versions: list[str], ui: 
             task = f"building wheel for {version}" if wheels else f"writing manifest for {version}"
             with ui.task(task):
                 dest = tmp_out / "versions" / version if len(versions) > 1 else tmp_out
-                produced = _emit_version(applied, version, dest, paths.build_cache, wheels, flavor, ui)
+                produced = _emit_version(applied, version, dest, paths.build_cache, wheels, flavor, ui, target)
                 if dest != tmp_out and version == versions[-1]:
                     for path in produced:
                         shutil.copyfile(path, tmp_out / path.name)
@@ -259,8 +265,12 @@ class Sources:
 
 
 def sources(applied: Applied, version: str | None, flavor: str = "default",
-            build_cache: Path | None = None, ui: UI | None = None) -> Sources:
-    """The files of one (version, flavor): patched tree, flavor rewrites, support package."""
+            build_cache: Path | None = None, ui: UI | None = None, python: Interpreter | None = None) -> Sources:
+    """The files of one (version, flavor): patched tree, flavor rewrites, support package.
+
+    ``python``: the interpreter the wheel is built by, whose build tools the manifest records
+    (default: this one's).
+    """
     changed = applied.tree(version)
     support: dict[str, str] = {}
     if flavor == "cpu-test":
@@ -273,7 +283,8 @@ def sources(applied: Applied, version: str | None, flavor: str = "default",
         support[cpu_test.SHIM_FILE] = cpu_test.shim_source()
     elif flavor != "default":
         raise EmitError(f"unknown flavor {flavor!r}")
-    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor)
+    manifest = build_manifest(applied.upstream, applied.patchsets, applied.result, version, flavor,
+                              python.tools if python else None)
     text = manifest_json(manifest)
     support[f"{SUPPORT_PACKAGE}/__init__.py"] = support_init(manifest)
     support[f"{SUPPORT_PACKAGE}/manifest.json"] = text
@@ -289,9 +300,9 @@ def stage_version(applied: Applied, version: str | None, dest: Path, flavor: str
 
 
 def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path | None, wheel: bool,
-                  flavor: str, ui: UI) -> list[Path]:
-    """Write one version's manifest, flavor diff and (optionally) wheel into ``dest``."""
-    src = sources(applied, version, flavor, build_cache, ui)
+                  flavor: str, ui: UI, python: Interpreter) -> list[Path]:
+    """Write one version's manifest, flavor diff and (optionally) wheel (for ``python``) into ``dest``."""
+    src = sources(applied, version, flavor, build_cache, ui, python)
     dest.mkdir(parents=True, exist_ok=True)
     manifest = dest / "manifest.json"
     manifest.write_text(src.manifest, encoding="utf-8")
@@ -306,7 +317,7 @@ def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path 
         return written
     warn = ui.warn
     wheels = FileCache(build_cache / "wheels" if build_cache else None, warn)
-    key = _wheel_key(applied.upstream.digest, src)
+    key = _wheel_key(applied.upstream.digest, src, python)
     cached = wheels.get(key)
     if cached is not None:
         shutil.copyfile(cached, dest / cached.name)
@@ -317,7 +328,7 @@ def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path 
     with tempfile.TemporaryDirectory(prefix=owned_prefix(STAGING_PREFIX)) as tmp:
         staging = Path(tmp) / "src"
         stage_tree(staging, applied.upstream, src.changed, src.support, src.label)
-        built = build_wheel(staging, dest, FileCache(build_cache / "helpers" if build_cache else None, warn))
+        built = build_wheel(staging, dest, FileCache(build_cache / "helpers" if build_cache else None, warn), python)
     wheels.put(key, built)
     return [*written, built]
 
@@ -325,9 +336,9 @@ def _emit_version(applied: Applied, version: str, dest: Path, build_cache: Path 
 STAGING_PREFIX = "primus-staging-"
 
 
-def _wheel_key(digest: str, src: Sources) -> str:
+def _wheel_key(digest: str, src: Sources, python: Interpreter) -> str:
     """A wheel is decided by its staging tree (upstream digest + what we write) and the build environment."""
-    parts = [digest, src.label, build_environment()]
+    parts = [digest, src.label, build_environment(python)]
     for rel, text in sorted({**src.changed, **src.support}.items()):
         parts += [rel, text]
     return cache_key("wheel", *parts)

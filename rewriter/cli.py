@@ -44,8 +44,10 @@ def _upstream(args: argparse.Namespace) -> Upstream:
 
     if args.upstream_release and (args.upstream or args.upstream_repo):
         raise UsageError("--upstream-release names a release by version; do not combine it with --upstream/--upstream-repo")
+    if args.allow_dirty and not args.upstream_repo:
+        raise UsageError("--allow-dirty is about the --upstream-repo source; it does nothing without --upstream-repo")
     return Upstream(sha=args.upstream, repo=args.upstream_repo, sdist=Path(args.sdist) if args.sdist else None,
-                    release=args.upstream_release)
+                    release=args.upstream_release, allow_dirty=args.allow_dirty)
 
 
 def cmd_build(args: argparse.Namespace, ui: UI) -> int:
@@ -64,7 +66,7 @@ def cmd_build(args: argparse.Namespace, ui: UI) -> int:
             raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(names)})")
         versions = [version]
     out = build(paths, _upstream(args), Path(args.out), versions, ui, verify=not args.fast,
-                wheels=not args.no_wheel, flavor=args.flavor)
+                wheels=not args.no_wheel, flavor=args.flavor, python=args.python)
     print(out)
     return 0
 
@@ -196,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     upstream = argparse.ArgumentParser(add_help=False)
     upstream.add_argument("--upstream", metavar="SHA", help="upstream commit, full or unique prefix (default: the pin)")
     upstream.add_argument("--upstream-repo", metavar="URL|PATH", help="resolve SHA with git from this repository")
+    upstream.add_argument("--allow-dirty", action="store_true",
+                          help="build from a local --upstream-repo with uncommitted changes (its commit is built, not the edits)")
     upstream.add_argument("--sdist", metavar="PATH", help="use this sdist instead of downloading it from PyPI")
     upstream.add_argument("--upstream-release", metavar="VERSION",
                           help="a release of the pin file by PyPI version, e.g. the 0.10.0 drift testbed")
@@ -209,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="build/out", help="output folder (default: build/out)")
     b.add_argument("--fast", action="store_true", help="skip the second-pass stability check")
     b.add_argument("--no-wheel", action="store_true", help="write diffs, manifests and report only (for review)")
+    b.add_argument("--python", metavar="PATH",
+                   help="build the wheel by and for this interpreter (it needs pip, setuptools<80, wheel, pybind11); "
+                        "default: the one running the rewriter")
     b.add_argument("--flavor", choices=FLAVORS, default="default",
                    help="cpu-test: route CUDA calls through a device module so tests run on CPU (default: default)")
     d = sub.add_parser("diff", parents=[common, upstream], help="print the diff of one patchset version")

@@ -2,8 +2,8 @@
 
 Two ways to the same bytes:
 
-* **git** (``--upstream-repo URL|PATH``): clone into ``vendor/.cache/git``, then a detached
-  worktree at exactly the requested commit under ``vendor/.cache/trees``.
+* **git** (``--upstream-repo URL|PATH``): a bare clone under ``vendor/.cache/git`` and a checkout
+  of exactly the requested commit under ``vendor/.cache/trees`` (see :mod:`rewriter.gitcheckout`).
 * **PyPI** (the default for releases in ``vendor/upstream.yaml``): download the release's sdist,
   check its sha256, import its source files into a local git repository, and check the source
   digest, which equals the digest of ``megatron/core`` at the release tag.
@@ -24,17 +24,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rewriter.cache import discard, sha256_file
 from rewriter.errors import UpstreamError
+from rewriter.gitcheckout import checkout
 from rewriter.lock import folder_lock
 from rewriter.sdist import fetch_sdist
 from rewriter.stale import clean_stale, owned_prefix
 from rewriter.yamlio import load_yaml
-
-if TYPE_CHECKING:
-    import git
 
 SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
 IMPORT_DATE = "2000-01-01T00:00:00+00:00"  # fixed, so the imported repository is reproducible
@@ -156,17 +153,20 @@ def resolve(
     sdist: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     warn: Callable[[str], None] | None = None,
+    allow_dirty: bool = False,
 ) -> UpstreamTree:
     """Return the verified upstream tree for ``sha`` (see the module docstring).
 
     ``warn`` gets the lines about damaged cache entries that were discarded (default: ``log``).
+    ``allow_dirty`` lets a local ``repo`` with uncommitted changes through (its commit is built).
     """
     sha = sha.strip().lower()
     if not SHA_RE.match(sha):
         raise UpstreamError(f"--upstream {sha!r} is not a git sha (4 to 40 hex digits)")
+    cache_dir = Path(os.path.abspath(cache_dir))
     if repo is not None:
         with folder_lock(cache_dir, log):
-            return _from_git(sha, pin, cache_dir, repo, log)
+            return _from_git(sha, pin, cache_dir, repo, log, warn or log, allow_dirty)
     release = pin.release_for(sha)
     if release is None:
         known = ", ".join(f"{r.commit[:12]} ({r.tag})" for r in pin.releases)
@@ -197,46 +197,10 @@ def resolve_release(
 # -- git ---------------------------------------------------------------------------------------
 
 
-def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str], None]) -> UpstreamTree:
-    import git
-
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", repo.rstrip("/"))[-80:]
-    clone_dir = cache_dir / "git" / slug
-    try:
-        if not (clone_dir / ".git").exists() and not (clone_dir / "HEAD").exists():
-            log(f"cloning {repo} into {clone_dir}")
-            clone_dir.parent.mkdir(parents=True, exist_ok=True)
-            clean_stale(clone_dir.parent, (".clone-",), log)
-            tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(".clone-"), dir=clone_dir.parent))
-            try:
-                git.Repo.clone_from(repo, tmp, bare=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)  # no half-cloned folder left in the cache
-                raise
-            tmp.replace(clone_dir)
-        clone = git.Repo(clone_dir)
-        full = _find_commit(clone, sha, repo)
-        if full is None:
-            log(f"fetching {repo}")
-            clone.git.fetch(repo, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
-            full = _find_commit(clone, sha, repo)
-        if full is None:
-            raise UpstreamError(f"unknown upstream sha {sha!r}: no such commit in {repo}")
-        tree_dir = cache_dir / "trees" / full
-        if not tree_dir.exists():
-            log(f"checking out {full[:12]} into {tree_dir}")
-            tree_dir.parent.mkdir(parents=True, exist_ok=True)
-            clone.git.worktree("prune")
-            clone.git.worktree("add", "--detach", str(tree_dir), full)
-        worktree = git.Repo(tree_dir)
-        if worktree.head.commit.hexsha != full:
-            raise UpstreamError(f"{tree_dir}: checked out at {worktree.head.commit.hexsha[:12]}, not {full[:12]}; delete it and rebuild")
-        if worktree.is_dirty(untracked_files=True):
-            raise UpstreamError(f"{tree_dir}: the upstream checkout has local modifications; delete it and rebuild")
-    except git.GitCommandError as exc:
-        raise UpstreamError(f"git failed for {repo}: {_git_failure(exc)}") from exc
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise UpstreamError(f"{exc}: not a usable git repository (damaged cache entry); delete it and rebuild") from exc
+def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str], None],
+              warn: Callable[[str], None], allow_dirty: bool) -> UpstreamTree:
+    checked = checkout(repo, sha, cache_dir, log, warn, allow_dirty)
+    tree_dir, full = checked.root, checked.commit
     files = source_files(tree_dir, pin.files)
     digest = source_digest(tree_dir, files)
     release = next((r for r in pin.releases if r.commit == full), None)
@@ -246,38 +210,8 @@ def _from_git(sha: str, pin: Pin, cache_dir: Path, repo: str, log: Callable[[str
             f"the checkout has {digest}"
         )
     version = release.version if release else _package_version(tree_dir)
-    return UpstreamTree(tree_dir, repo, full, version, release.tag if release else None, digest, "git", files)
-
-
-def _git_failure(exc: Exception) -> str:
-    """git's own message on one line (GitPython wraps stderr as ``\\n  stderr: '...'``)."""
-    stderr = str(getattr(exc, "stderr", "") or "").strip()
-    if stderr.startswith("stderr: '") and stderr.endswith("'"):
-        stderr = stderr[len("stderr: '"):-1]
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return "; ".join(lines) or f"{' '.join(map(str, getattr(exc, 'command', [])))} exited with {getattr(exc, 'status', '?')}"
-
-
-def _find_commit(repo: git.Repo, sha: str, url: str) -> str | None:
-    """The full sha of the commit ``sha`` names in ``repo``, ``None`` if none does.
-
-    A prefix that names several commits is an error listing them (fetching cannot make it
-    unique, so it is not tried).
-    """
-    import git
-
-    if len(sha) == 40:
-        try:
-            out = repo.git.rev_parse("--verify", "--quiet", f"{sha}^{{commit}}")
-        except git.GitCommandError:
-            return None
-        return str(out).strip() or None
-    listed = repo.git.rev_list("--all")
-    matches = sorted({line for line in str(listed).split() if line.startswith(sha)})
-    if len(matches) > 1:
-        shown = ", ".join(m[:12] for m in matches[:10]) + (", ..." if len(matches) > 10 else "")
-        raise UpstreamError(f"sha prefix {sha!r} is ambiguous in {url}: {len(matches)} commits match ({shown}); give more digits")
-    return matches[0] if matches else None
+    return UpstreamTree(tree_dir, checked.repository, full, version, release.tag if release else None, digest, "git",
+                        files)
 
 
 def _package_version(root: Path) -> str:

@@ -33,7 +33,10 @@ def build_manifest(
     result: SeriesResult,
     version: str | None,
     flavor: str = "default",
+    build_tools: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The manifest; ``build_tools`` are the wheel-building interpreter's versions of the build
+    tools when that is not the rewriter's own (``build --python``)."""
     series = patchsets.series(version) if version else []
     return {
         "schema": MANIFEST_SCHEMA,
@@ -65,7 +68,7 @@ def build_manifest(
             for p in series
             for f in p.flags
         ],
-        "tools": tool_versions(),
+        "tools": {**tool_versions(), **(build_tools or {})},
     }
 
 

@@ -236,6 +236,15 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
+def clone_of(sample: Sample, tmp_path: Path) -> Path:
+    """A clone of the sample upstream repository that a test may change (the sample is shared)."""
+    repo = tmp_path / "upstream-clone"
+    subprocess.run(["git", "clone", "-q", str(sample.upstream.repo), str(repo)], check=True)
+    git(repo, "config", "user.name", "t")
+    git(repo, "config", "user.email", "t@example.invalid")
+    return repo
+
+
 @dataclass(frozen=True)
 class SampleUpstream:
     """The generated upstream, shared by every test (read only)."""

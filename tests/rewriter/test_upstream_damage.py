@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sample_upstream import PACKAGE, VERSION, Sample, git, one_error_line
+from sample_upstream import PACKAGE, VERSION, Sample, clone_of, git, one_error_line
 
 from rewriter import sdist as sdist_module
 from rewriter.cli import main
@@ -26,14 +26,6 @@ from rewriter.upstream import load_pin, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 SDIST_NAME = f"fake_core-{VERSION}.tar.gz"
-
-
-def clone_of(sample: Sample, tmp_path: Path) -> Path:
-    repo = tmp_path / "upstream-clone"
-    subprocess.run(["git", "clone", "-q", str(sample.upstream.repo), str(repo)], check=True)
-    git(repo, "config", "user.name", "t")
-    git(repo, "config", "user.email", "t@example.invalid")
-    return repo
 
 
 # -- package_info.py is parsed, never executed ---------------------------------------------------
