@@ -117,7 +117,9 @@ def hf_to_mcore(hf: Path, params: Mapping[str, Any], out: Path, *, quiet: bool =
     """Write the Hugging Face checkpoint in ``hf`` as a trainer checkpoint ``out`` (a ``save`` folder)."""
     from primus_runtime.convert import dcp_io, families
     from primus_runtime.convert.hf_io import HFReader
-    from primus_runtime.trainer.checkpoint import CHECKPOINT_VERSION, iteration_dir
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from primus_runtime.trainer.checkpoint import CHECKPOINT_VERSION, _cause, iteration_dir
     from primus_runtime.trainer.options import TRACKER_FILE
 
     family = families.family_of(params)
@@ -133,6 +135,7 @@ def hf_to_mcore(hf: Path, params: Mapping[str, Any], out: Path, *, quiet: bool =
     with ExitStack() as stack:
         reader = HFReader(hf, stack)
         _check_names(reader.names(), rules, int(params["num_layers"]), hf)
+        _check_shapes(reader, rules, layout.shapes, hf)
         dtypes = {rule.mcore: reader.dtype(rule.hf[0]) for rule in rules}
         cache: dict[str, Any] = {}
 
@@ -149,7 +152,10 @@ def hf_to_mcore(hf: Path, params: Mapping[str, Any], out: Path, *, quiet: bool =
         with atomic_folder(out) as staging, _progress(len(layout.pieces), "hf-to-mcore", quiet) as bar:
             folder = iteration_dir(staging, CONVERTED_ITERATION)
             folder.mkdir()
-            dcp_io.write(folder, layout, dtypes, make, lambda: bar.update(1), common)
+            try:
+                dcp_io.write(folder, layout, dtypes, make, lambda: bar.update(1), common)
+            except (Exception, CheckpointException) as exc:  # torch wraps a writer's error in a BaseException
+                raise ConversionError(f"cannot write {out}: {_cause(exc)}") from None
             (staging / TRACKER_FILE).write_text(f"{CONVERTED_ITERATION}\n", encoding="utf-8")
     print(f"converted {hf} ({family}, {len(rules)} parameters) to {out}: load it with `load: {out}` and "
           f"`finetune: true`")
@@ -172,6 +178,22 @@ def _check_names(have: Sequence[str], rules: Sequence[Any], num_layers: int, hf:
     if mtp:
         print(f"note: {len(mtp)} tensors of multi-token-prediction layers (model.layers.{num_layers}.*) are not "
               f"converted: the trainer's model has no MTP layers", file=sys.stderr)
+
+
+def _check_shapes(reader: Any, rules: Sequence[Any], shapes: Mapping[str, tuple[int, ...]], hf: Path) -> None:
+    """Each Hugging Face tensor has the shape the experiment's model gives it (the config may not say all)."""
+    import torch
+
+    wrong = []
+    for rule in rules:
+        expected = rule.split(torch.empty(shapes[rule.mcore], device="meta"))
+        for name, want in zip(rule.hf, expected):
+            have = tuple(reader.shape(name))
+            if have != tuple(want.shape):
+                wrong.append(f"{name} is {have}, the experiment's model needs {tuple(want.shape)}")
+    if wrong:
+        raise ConversionError(f"{hf}: " + "; ".join(wrong[:6]) + (f" and {len(wrong) - 6} more" if len(wrong) > 6
+                                                                   else ""))
 
 
 def _checkpoint_folder(ckpt: Path) -> Path:

@@ -53,6 +53,9 @@ class HFReader:
     def get(self, name: str) -> torch.Tensor:
         return self.handles[self.where[name]].get_tensor(name)
 
+    def shape(self, name: str) -> list[int]:
+        return list(self.handles[self.where[name]].get_slice(name).get_shape())
+
     def dtype(self, name: str) -> torch.dtype:
         text = self.handles[self.where[name]].get_slice(name).get_dtype()
         return _SAFETENSORS_DTYPES[text]
