@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,10 +115,10 @@ def _model(params: Mapping[str, Any]) -> tuple[str, Any, list[Any]]:
 
 def hf_to_mcore(hf: Path, params: Mapping[str, Any], out: Path, *, quiet: bool = False) -> None:
     """Write the Hugging Face checkpoint in ``hf`` as a trainer checkpoint ``out`` (a ``save`` folder)."""
-    from primus_runtime.convert import dcp_io, families
-    from primus_runtime.convert.hf_io import HFReader
     from torch.distributed.checkpoint.api import CheckpointException
 
+    from primus_runtime.convert import dcp_io, families
+    from primus_runtime.convert.hf_io import HFReader
     from primus_runtime.trainer.checkpoint import CHECKPOINT_VERSION, _cause, iteration_dir
     from primus_runtime.trainer.options import TRACKER_FILE
 

@@ -246,7 +246,8 @@ def _layer_rule(name: str, params: Mapping[str, Any], per_layer: Mapping[str, tu
         heads = int(params["num_attention_heads"])
         groups = int(params["num_query_groups"]) if params.get("group_query_attention") else heads
         head_dim = int(params.get("kv_channels") or int(params["hidden_size"]) // heads)
-        return grouped_qkv(name, *(f"{prefix}self_attn.{p}_proj.weight" for p in "qkv"), heads, groups, head_dim)
+        q, k, v = (f"{prefix}self_attn.{p}_proj.weight" for p in "qkv")
+        return grouped_qkv(name, q, k, v, heads, groups, head_dim)
     expert = _EXPERT.search(suffix) if suffix.startswith("mlp.experts.local_experts.") else None
     pattern = suffix.replace(expert.group(0), ".{e}.", 1) if expert else suffix
     hf = per_layer.get(pattern)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
 import torch
 
 Join = Callable[[Sequence[torch.Tensor]], torch.Tensor]
