@@ -80,6 +80,9 @@ def model_layout(params: Mapping[str, Any]) -> Layout:
     if params.get("mtp_num_layers"):
         raise ConversionError("mtp_num_layers: multi-token-prediction layers are not converted; set it to null "
                               "(the converted model trains without MTP)")
+    # the vocabulary padded as the trainer pads it at the experiment's TP, though built here at TP=1
+    divisible = int(params.get("make_vocab_size_divisible_by", 128)) * int(params.get("tensor_model_parallel_size", 1))
+    params = {**params, "make_vocab_size_divisible_by": divisible}
     config = transformer_config(params, **_WHOLE_MODEL)
     with world_of_one(), torch.device("meta"):
         model = build_gpt_model(params, config, use_te=False)
