@@ -232,6 +232,8 @@ def mcore_to_hf(ckpt: Path, params: Mapping[str, Any], out: Path, *, max_shard_b
             rule_of[name] = rule
             sizes.append((name, tensor.numel() * tensor.element_size()))
 
+    rule_of_param = {rule.mcore: rule for rule in rules}
+
     def produce(names: list[str]) -> dict[str, Any]:
         needed = list(dict.fromkeys(rule_of[n].mcore for n in names))
         read = dcp_io.read_params(folder, layout, needed, stored)
@@ -241,7 +243,6 @@ def mcore_to_hf(ckpt: Path, params: Mapping[str, Any], out: Path, *, max_shard_b
             tensors.update(zip(rule.hf, rule.split(read.pop(mcore))))
         return {n: tensors[n] for n in names}
 
-    rule_of_param = {rule.mcore: rule for rule in rules}
     shards = hf_io.shard_plan(sizes, max_shard_bytes)
     config = families.build_hf_config(params, family, str(dtype).removeprefix("torch."))
     with atomic_folder(out) as staging, _progress(len(sizes), "mcore-to-hf", quiet) as bar:

@@ -108,7 +108,10 @@ def hf_config_values(params: Mapping[str, Any], family: str) -> dict[str, Any]:
             num_experts_per_tok=params["moe_router_topk"], n_shared_experts=shared // moe_ffn,
             first_k_dense_replace=_first_dense_layers(params), attention_bias=False,
             routed_scaling_factor=float(params.get("moe_router_topk_scaling_factor") or 1.0))
-    if family == DEEPSEEK_V2:
+    if family == DEEPSEEK_V2 and params.get("moe_router_num_groups"):  # DeepSeek-V2: the best experts of the best groups
+        values.update(topk_method="group_limited_greedy", n_group=params["moe_router_num_groups"],
+                      topk_group=params["moe_router_group_topk"], norm_topk_prob=False)
+    elif family == DEEPSEEK_V2:  # V2-Lite
         values.update(topk_method="greedy", norm_topk_prob=False)
     if family == DEEPSEEK_V3:
         values.update(n_group=params.get("moe_router_num_groups") or 1,

@@ -3,7 +3,7 @@
 ``python logits_probe.py EXP CKPT TOKENS OUT [--key value ...]`` under torchrun (gloo) or alone.
 The model is built as the trainer builds it and loaded with megatron's dist_checkpointing, as the
 trainer's ``finetune`` loads it; pipeline stages pass hidden states by send/recv, tensor-parallel
-logits are gathered; the last stage's first rank writes the full logits to OUT.
+logits are gathered; the last stage's first rank of the first data-parallel replica writes the full logits to OUT.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(exp: str, ckpt: str, tokens_file: str, out: str, *overrides: str) -> No
             torch.distributed.send(output.contiguous(), parallel_state.get_pipeline_model_parallel_next_rank())
         else:
             logits = gather_from_tensor_model_parallel_region(output)[..., :int(params["vocab_size"])]
-            if parallel_state.get_tensor_model_parallel_rank() == 0:
+            if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0:
                 torch.save(logits.contiguous(), out)
     torch.distributed.destroy_process_group()
 

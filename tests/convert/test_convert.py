@@ -68,10 +68,10 @@ def hf_config(exp: Path) -> Any:
     return families.build_hf_config(params, families.family_of(params), "float32")
 
 
-def make_hf(folder: Path, config: Any) -> tuple[Path, torch.Tensor, torch.Tensor]:
+def make_hf(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> tuple[Path, torch.Tensor, torch.Tensor]:
     """A random model of ``config`` saved in small shards; its tokens and logits."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval().to(dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("e_score_correction_bias", "layernorm.weight", "norm.weight")):
@@ -138,14 +138,28 @@ def test_round_trip(case: str, tree: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [{"tensor_model_parallel_size": 2}, {"pipeline_model_parallel_size": 2}],
-                         ids=["tp2", "pp2"])
-def test_other_layouts_give_the_same_logits(layout: dict[str, int], tree: Path, tmp_path: Path) -> None:
-    exp = write_exp(tmp_path, "tiny_llama.yaml", {})
-    hf, _, expected = make_hf(tmp_path, llama_config())
+@pytest.mark.parametrize("case, layout", [("llama", {"tensor_model_parallel_size": 2}),
+                                          ("llama", {"pipeline_model_parallel_size": 2}),
+                                          ("mixtral", {"expert_model_parallel_size": 2})],
+                         ids=["llama-tp2", "llama-pp2", "mixtral-ep2"])
+def test_other_layouts_give_the_same_logits(case: str, layout: dict[str, int], tree: Path, tmp_path: Path) -> None:
+    exp = write_exp(tmp_path, *CASES[case])
+    hf, _, expected = make_hf(tmp_path, llama_config() if case == "llama" else hf_config(exp))
     convert(tree, "hf-to-mcore", "--hf", str(hf), "--exp", str(exp), "--out", str(tmp_path / "ckpt"))
     logits = probe(tree, tmp_path, exp, tmp_path / "ckpt", nproc=2, **layout)
     assert (logits - expected).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.slow
+def test_bf16_round_trip_is_bit_identical(tree: Path, tmp_path: Path) -> None:
+    exp = write_exp(tmp_path, "tiny_llama.yaml", {"bf16": True})
+    hf, _, _ = make_hf(tmp_path, llama_config(dtype="bfloat16"), dtype=torch.bfloat16)
+    convert(tree, "hf-to-mcore", "--hf", str(hf), "--exp", str(exp), "--out", str(tmp_path / "ckpt"))
+    convert(tree, "mcore-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--exp", str(exp), "--out", str(tmp_path / "back"))
+    original, back = tensors(hf), tensors(tmp_path / "back")
+    assert sorted(original) == sorted(back)
+    assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], v) for k, v in original.items())
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "back")).dtype == torch.bfloat16
 
 
 @pytest.mark.slow
@@ -192,6 +206,34 @@ def test_config_mismatches_are_each_named_before_anything_is_written(tmp_path: P
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_quantized_checkpoints_are_refused(tmp_path: Path) -> None:
+    from primus_runtime.config.loader import load_experiment
+    from primus_runtime.convert.cli import hf_to_mcore
+    from primus_runtime.convert.errors import ConversionError
+
+    exp = write_exp(tmp_path, "tiny_llama.yaml", {})
+    config = llama_config()
+    config.quantization_config = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    config.save_pretrained(str(tmp_path / "hf"))
+    with pytest.raises(ConversionError, match="a quantized checkpoint"):
+        hf_to_mcore(tmp_path / "hf", load_experiment(exp).params, tmp_path / "ckpt")
+
+
+def test_only_multi_token_prediction_layers_may_be_left_over(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from primus_runtime.convert.cli import _check_names
+    from primus_runtime.convert.errors import ConversionError
+    from primus_runtime.convert.rules import copy
+
+    rules = [copy("decoder.layers.0.input_layernorm.weight", "model.layers.0.input_layernorm.weight")]
+    _check_names(["model.layers.0.input_layernorm.weight", "model.layers.1.eh_proj.weight"], rules, 1, tmp_path)
+    assert "1 tensors of multi-token-prediction layers (model.layers.1.*) are not converted" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="not part of the experiment's model: model.layers.0.extra.weight"):
+        _check_names(["model.layers.0.input_layernorm.weight", "model.layers.0.extra.weight"], rules, 1, tmp_path)
+    with pytest.raises(ConversionError, match="missing model.layers.0.input_layernorm.weight"):
+        _check_names([], rules, 1, tmp_path)
+
+
 def test_an_existing_output_is_refused(tmp_path: Path) -> None:
     from primus_runtime.convert.cli import atomic_folder
     from primus_runtime.convert.errors import ConversionError
@@ -203,3 +245,32 @@ def test_an_existing_output_is_refused(tmp_path: Path) -> None:
         (staging / "half-written").write_text("x")
         raise RuntimeError("stop")
     assert not (tmp_path / "fresh").exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+#: public Hugging Face config values of zoo models (from their config.json), which the zoo must reproduce
+PUBLISHED = {
+    "llama2_7B": {"num_key_value_heads": 32, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}},
+    "llama3.1_8B": {"num_key_value_heads": 8, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3",
+                                                                  "factor": 8.0}},
+    "llama3.2_1B": {"head_dim": 64, "tie_word_embeddings": True, "intermediate_size": 8192},
+    "mixtral_8x7B_v0.1": {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 14336},
+    "deepseek_v2_lite": {"first_k_dense_replace": 1, "n_shared_experts": 2, "q_lora_rank": None,
+                         "topk_method": "greedy", "moe_intermediate_size": 1408},
+    "deepseek_v2": {"topk_method": "group_limited_greedy", "n_group": 8, "topk_group": 3,
+                    "routed_scaling_factor": 16.0},
+    "deepseek_v3": {"first_k_dense_replace": 3, "n_shared_experts": 1, "n_group": 8, "topk_group": 4,
+                    "routed_scaling_factor": 2.5, "rope_parameters": {"rope_type": "yarn", "factor": 40.0,
+                                                                      "mscale": 1.0, "mscale_all_dim": 1.0}},
+}
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED))
+def test_zoo_models_have_their_published_hf_config(model: str) -> None:
+    from primus_runtime.config.loader import resolve_model
+    from primus_runtime.convert import families
+
+    params = resolve_model(f"{model}.yaml")
+    config = families.build_hf_config(params, families.family_of(params), "bfloat16")  # checks itself too
+    for key, value in PUBLISHED[model].items():
+        have = families.hf_rope(config) if key == "rope_parameters" else getattr(config, key)
+        assert have == value if key != "rope_parameters" else {k: have[k] for k in value} == value, key
