@@ -213,9 +213,10 @@ def mcore_to_hf(ckpt: Path, params: Mapping[str, Any], out: Path, *, max_shard_b
                 quiet: bool = False) -> None:
     """Write the trainer checkpoint ``ckpt`` as a Hugging Face folder ``out`` (config.json + sharded safetensors)."""
     import torch
+    from torch.distributed.checkpoint.api import CheckpointException
 
     from primus_runtime.convert import dcp_io, families, hf_io
-    from primus_runtime.trainer.checkpoint import verify_files
+    from primus_runtime.trainer.checkpoint import _cause, verify_files
 
     folder = _checkpoint_folder(ckpt)
     verify_files(folder)
@@ -236,7 +237,10 @@ def mcore_to_hf(ckpt: Path, params: Mapping[str, Any], out: Path, *, max_shard_b
 
     def produce(names: list[str]) -> dict[str, Any]:
         needed = list(dict.fromkeys(rule_of[n].mcore for n in names))
-        read = dcp_io.read_params(folder, layout, needed, stored)
+        try:
+            read = dcp_io.read_params(folder, layout, needed, stored)
+        except (Exception, CheckpointException) as exc:  # torch wraps a reader's error in a BaseException
+            raise ConversionError(f"cannot read {folder}: {_cause(exc)}") from None
         tensors: dict[str, Any] = {}
         for mcore in needed:
             rule = rule_of_param[mcore]
