@@ -111,27 +111,47 @@ def tree(cpu_trees: dict[str, Path]) -> Path:
     return cpu_trees["patched"]
 
 
+class Converted:
+    """Each case's HF model converted once per module: several tests read the same checkpoint."""
+
+    def __init__(self, tree: Path, root: Path) -> None:
+        self.tree, self.root = tree, root
+        self.done: dict[str, tuple[Path, Path, Any, torch.Tensor]] = {}
+
+    def __call__(self, case: str) -> tuple[Path, Path, Any, torch.Tensor]:
+        """(folder, experiment, HF config, HF logits) of ``case``; the checkpoint is ``folder / "ckpt"``."""
+        if case not in self.done:
+            folder = self.root / case
+            exp = write_exp(folder, *CASES[case])
+            config = llama_config() if case == "llama" else hf_config(exp)
+            hf, _, expected = make_hf(folder, config)
+            assert len(list(hf.glob("*.safetensors"))) > 1  # the sharded form, with its index
+            convert(self.tree, "hf-to-mcore", "--hf", str(hf), "--exp", str(exp), "--out", str(folder / "ckpt"))
+            self.done[case] = (folder, exp, config, expected)
+        return self.done[case]
+
+
+@pytest.fixture(scope="module")
+def converted(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    return Converted(tree, tmp_path_factory.mktemp("converted"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_round_trip(case: str, tree: Path, tmp_path: Path) -> None:
-    model, overrides = CASES[case]
-    exp = write_exp(tmp_path, model, overrides)
-    config = llama_config() if case == "llama" else hf_config(exp)
-    hf, _, expected = make_hf(tmp_path, config)
-    assert len(list(hf.glob("*.safetensors"))) > 1  # the sharded form, with its index
-    convert(tree, "hf-to-mcore", "--hf", str(hf), "--exp", str(exp), "--out", str(tmp_path / "ckpt"))
-    logits = probe(tree, tmp_path, exp, tmp_path / "ckpt")
+def test_round_trip(case: str, tree: Path, converted: Converted) -> None:
+    folder, exp, config, expected = converted(case)
+    logits = probe(tree, folder, exp, folder / "ckpt")
     assert (logits - expected).abs().max().item() < TOLERANCE
 
-    convert(tree, "mcore-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--exp", str(exp), "--out",
-            str(tmp_path / "back"), "--max-shard-size", "150KB")
-    original, back = tensors(hf), tensors(tmp_path / "back")
+    convert(tree, "mcore-to-hf", "--ckpt", str(folder / "ckpt"), "--exp", str(exp), "--out",
+            str(folder / "back"), "--max-shard-size", "150KB")
+    original, back = tensors(folder / "hf"), tensors(folder / "back")
     assert sorted(original) == sorted(back)
     for name, tensor in original.items():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
-    index = json.loads((tmp_path / "back" / "model.safetensors.index.json").read_text())
+    index = json.loads((folder / "back" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(original) and len(set(index["weight_map"].values())) > 1
-    written = transformers.AutoConfig.from_pretrained(str(tmp_path / "back"))
+    written = transformers.AutoConfig.from_pretrained(str(folder / "back"))
     for key, value in config.to_diff_dict().items():
         if key not in ("transformers_version", "architectures", "dtype", "num_nextn_predict_layers"):
             assert getattr(written, key) == value, key
@@ -142,11 +162,10 @@ def test_round_trip(case: str, tree: Path, tmp_path: Path) -> None:
                                           ("llama", {"pipeline_model_parallel_size": 2}),
                                           ("mixtral", {"expert_model_parallel_size": 2})],
                          ids=["llama-tp2", "llama-pp2", "mixtral-ep2"])
-def test_other_layouts_give_the_same_logits(case: str, layout: dict[str, int], tree: Path, tmp_path: Path) -> None:
-    exp = write_exp(tmp_path, *CASES[case])
-    hf, _, expected = make_hf(tmp_path, llama_config() if case == "llama" else hf_config(exp))
-    convert(tree, "hf-to-mcore", "--hf", str(hf), "--exp", str(exp), "--out", str(tmp_path / "ckpt"))
-    logits = probe(tree, tmp_path, exp, tmp_path / "ckpt", nproc=2, **layout)
+def test_other_layouts_give_the_same_logits(case: str, layout: dict[str, int], tree: Path,
+                                            converted: Converted) -> None:
+    folder, exp, _, expected = converted(case)
+    logits = probe(tree, folder, exp, folder / "ckpt", nproc=2, **layout)
     assert (logits - expected).abs().max().item() < TOLERANCE
 
 
