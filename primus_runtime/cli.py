@@ -3,7 +3,8 @@
 Commands that take ``--exp`` accept trainer overrides after it as ``--key value`` (highest
 precedence; see :mod:`primus_runtime.config.loader`). Errors a user can fix print one line and
 exit non-zero: 2 for config errors, 3 for flags the installed megatron-core cannot honour,
-4 for data errors, 5 for checkpoints that cannot be read or written.
+4 for data errors, 5 for checkpoints that cannot be read or written, 6 for checkpoints that cannot be
+converted.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
          "Count model parameters on the meta device (zoo names or model YAML files)."),
         ("preprocess", "primus_runtime.data.preprocess:main",
          "Tokenize a JSONL corpus into Megatron .bin/.idx files."),
+        ("convert", "primus_runtime.convert.cli:main",
+         "Convert between Hugging Face safetensors and the trainer's checkpoints (hf-to-mcore, mcore-to-hf)."),
     ):
         command = sub.add_parser(name, help=help_text, add_help=False)
         command.set_defaults(handler=_delegate(target, needs_megatron=True))
