@@ -49,6 +49,7 @@ DEEPSEEK: Model = ("deepseek_v2_base.yaml", {"num_layers": 4, "hidden_size": 204
                                       "num_experts": 8, "moe_router_topk": 2, "moe_ffn_hidden_size": 1408,
                                       "moe_shared_expert_intermediate_size": 2816, "moe_layer_freq": 1})
 EVEN = {"moe_router_force_load_balancing": True, "moe_router_force_load_balancing_type": "even"}
+TURBO_EXPERTS = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
 
 CONFIGS: list[tuple[str, str, Model, dict[str, Any]]] = [
     # (name, tree, (model file, architecture), flags)
@@ -59,10 +60,13 @@ CONFIGS: list[tuple[str, str, Model, dict[str, Any]]] = [
     ("mixtral force balancing even", "patched", MIXTRAL, EVEN),
     ("mixtral fused router with aux score", "patched", MIXTRAL, {"moe_use_fused_router_with_aux_score": True}),
     ("mixtral moe_permute_fusion (no TE: torch path)", "patched", MIXTRAL, {"moe_permute_fusion": True}),
+    # never run yet: torch grouped_mm on CUDA (bf16) in place of upstream's SequentialMLP loop
+    ("mixtral use_turbo_grouped_mlp (torch grouped_mm)", "patched", MIXTRAL, TURBO_EXPERTS),
     ("deepseek upstream", "upstream", DEEPSEEK, {}),
     ("deepseek upstream, again (noise)", "upstream", DEEPSEEK, {}),
     ("deepseek patched, flags off", "patched", DEEPSEEK, {}),
     ("deepseek fused_padded_mla_attention", "patched", DEEPSEEK, {"fused_padded_mla_attention": True}),
+    ("deepseek use_turbo_grouped_mlp (torch grouped_mm)", "patched", DEEPSEEK, TURBO_EXPERTS),
 ]
 
 
@@ -126,7 +130,8 @@ def run(out_dir: Path) -> None:
     by_name = dict(rows)
     for family in ("mixtral", "deepseek"):
         base = by_name.get(f"{family} upstream")
-        for other in (f"{family} upstream, again (noise)", f"{family} patched, flags off"):
+        for other in (f"{family} upstream, again (noise)", f"{family} patched, flags off",
+                      f"{family} use_turbo_grouped_mlp (torch grouped_mm)"):
             run_ = by_name.get(other)
             if base and run_:
                 worst = max(abs(a - b) / abs(b) for a, b in zip(run_["losses"], base["losses"]))

@@ -45,8 +45,9 @@ def layer_spec(params: Mapping[str, Any], config: TransformerConfig, use_te: boo
     otherwise, without TE, multi-latent attention gets
     :class:`~primus_runtime.model.local_attention.SDPACoreAttention` (the local spec's own core
     attention cannot build it; an upstream wheel has no Turbo attention to use instead).
-    Grouped-GEMM experts without TE need the grouped_gemm package. The line names the attention
-    and the fused paths in use.
+    Grouped-GEMM experts without TE need the grouped_gemm package, unless ``use_turbo_grouped_mlp``
+    (with ``enable_primus_turbo``) has the wheel build them. The line names the attention, the
+    Turbo experts and the fused paths in use.
     """
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_decoder_block_spec,
@@ -55,7 +56,9 @@ def layer_spec(params: Mapping[str, Any], config: TransformerConfig, use_te: boo
     )
 
     use_te = _resolve_use_te(use_te)
-    if (config.num_moe_experts and config.moe_grouped_gemm and not use_te
+    turbo = getattr(config, "enable_primus_turbo", False)
+    turbo_experts = turbo and getattr(config, "use_turbo_grouped_mlp", False)
+    if (config.num_moe_experts and config.moe_grouped_gemm and not use_te and not turbo_experts
             and importlib.util.find_spec("grouped_gemm") is None):
         raise ModelConfigError("moe_grouped_gemm needs TransformerEngine or the grouped_gemm package; "
                                "set moe_grouped_gemm: false to run the experts one after another")
@@ -72,12 +75,14 @@ def layer_spec(params: Mapping[str, Any], config: TransformerConfig, use_te: boo
             qk_layernorm=config.qk_layernorm, multi_latent_attention=config.multi_latent_attention,
             normalization=normalization)
     what = "TransformerEngine layer spec" if use_te else "local layer spec (PyTorch modules)"
-    turbo_attention = getattr(config, "enable_primus_turbo", False) and getattr(config, "use_turbo_attention", False)
-    if turbo_attention:
+    turbo_attention = turbo and getattr(config, "use_turbo_attention", False)
+    if turbo_attention or (turbo_experts and config.num_moe_experts):
         from megatron.core._primus.turbo.backend import backend
 
-        what += f", core attention on the Primus Turbo backend ({backend()})"
-    elif config.multi_latent_attention and not use_te:
+        parts = [name for name, on in (("core attention", turbo_attention), ("grouped-GEMM experts", turbo_experts))
+                 if on]
+        what += f", {' and '.join(parts)} on the Primus Turbo backend ({backend()})"
+    if config.multi_latent_attention and not use_te and not turbo_attention:
         _use_sdpa_core_attention(spec)
         what += ", MLA core attention by torch SDPA"
     if config.cross_entropy_loss_fusion:

@@ -146,14 +146,19 @@ class MemoryReport:
 
 
 def model_summary(chunks: list[Any], spec: str) -> list[str]:
-    """What was built: the spec, chunks, parameters of this rank and their dtypes, and each layer's
-    MLP class (flags such as ``use_deprecated_20241209_moe_layer`` swap it)."""
+    """What was built: the spec, chunks, parameters of this rank and their dtypes, each layer's MLP
+    class (flags such as ``use_deprecated_20241209_moe_layer`` swap it) and, for MoE layers, the
+    experts' class (``use_turbo_grouped_mlp`` swaps it)."""
     from megatron.core.utils import unwrap_model  # through DDP and Float16Module to the GPTModel
 
     layers = [layer for model in unwrap_model(chunks) for layer in model.decoder.layers]
     mlps = sorted({f"{type(layer.mlp).__module__}.{type(layer.mlp).__qualname__}" for layer in layers})
+    experts = sorted({type(layer.mlp.experts).__qualname__ for layer in layers if hasattr(layer.mlp, "experts")})
     params = [p for chunk in chunks for p in chunk.parameters()]
     dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
-    return [f"model: GPTModel, {spec}, {len(chunks)} chunk(s), {sum(p.numel() for p in params)} parameters on this "
-            f"rank ({dtypes})",
-            f"model layers' MLP: {', '.join(mlps) or 'none on this rank'}"]
+    lines = [f"model: GPTModel, {spec}, {len(chunks)} chunk(s), {sum(p.numel() for p in params)} parameters on this "
+             f"rank ({dtypes})",
+             f"model layers' MLP: {', '.join(mlps) or 'none on this rank'}"]
+    if experts:
+        lines.append(f"model layers' experts: {', '.join(experts)}")
+    return lines

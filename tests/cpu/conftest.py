@@ -4,8 +4,8 @@ The trees are ``cpu_trees`` of tests/conftest.py, ``upstream`` (no patches) and 
 newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset
 helper (``helpers_dir`` of tests/runtime/conftest.py), as a wheel has it. A run is an experiment
 on one of the shipped tiny models (``MODELS``) with mock data; what it reports is what the
-trainer writes: the losses and gradient norms of ``logs/metrics.jsonl`` and the layers' MLP
-classes of the model summary in ``logs/rank_0.log``. Runs are cached per session: several
+trainer writes: the losses and gradient norms of ``logs/metrics.jsonl`` and the layers' MLP and
+experts classes of the model summary in ``logs/rank_0.log``. Runs are cached per session: several
 tests read the same run.
 
 Megatron initialises pipeline stages and expert-parallel ranks from their own seeds, so a PP=2
@@ -35,6 +35,7 @@ MODELS = {"dense": "tiny_llama.yaml", "moe": "tiny_mixtral.yaml", "deepseek": "t
 BASE = {"train_iters": 5, "micro_batch_size": 2, "global_batch_size": 8, "seq_length": 16, "lr": 3.0e-3,
         "lr_warmup_iters": 0, "lr_decay_style": "constant", "weight_decay": 0.0, "eval_iters": 0}
 _MLP_LINE = re.compile(r"model layers' MLP: (.*)$", re.MULTILINE)
+_EXPERTS_LINE = re.compile(r"model layers' experts: (.*)$", re.MULTILINE)
 
 
 class Trainer:
@@ -82,10 +83,11 @@ class Trainer:
             return {"failed": True, "errors": errors, "stderr": proc.stderr[-4000:]}
         records = metrics(self.workdir / name)
         log = (self.workdir / name / "logs" / "rank_0.log").read_text()
-        mlps = _MLP_LINE.search(log)
+        mlps, experts = _MLP_LINE.search(log), _EXPERTS_LINE.search(log)
         return {"losses": [records[i]["loss"] for i in sorted(records)],
                 "grad_norms": [records[i]["grad_norm"] for i in sorted(records)], "world": nproc,
-                "mlp_classes": mlps.group(1).split(", ") if mlps else []}
+                "mlp_classes": mlps.group(1).split(", ") if mlps else [],
+                "expert_classes": experts.group(1).split(", ") if experts else []}
 
     def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
         return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),

@@ -153,3 +153,61 @@ def test_deprecated_moe_layer_trains_like_the_current_one(train, model: str, dis
     assert deprecated["losses"][-1] < deprecated["losses"][0] - 0.1
     assert deprecated["losses"][-1] == pytest.approx(current["losses"][-1], rel=1e-5, abs=0)
     assert deprecated["losses"] == pytest.approx(current["losses"], rel=1e-5, abs=0)
+
+
+# --- use_turbo_grouped_mlp (issue 13; alias use_turbo_grouped_gemm) ----------------------------
+
+TURBO_EXPERTS = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
+
+
+@pytest.mark.parametrize("model", ["moe", "deepseek"], ids=["mixtral", "deepseek-v2-lite"])
+def test_turbo_grouped_mlp_trains_like_upstream_sequential_experts(train, model: str) -> None:
+    """The Mixtral-style and DeepSeek-V2-Lite-style models train with the experts as grouped GEMMs
+    (torch grouped_mm on the CPU, float32), like upstream's SequentialMLP: the experts start from
+    the same weights (same random streams, same order) and each expert's rows go through one
+    matmul either way. Seen: bit-identical; 1e-5 relative is the spec's fp32 bound."""
+    upstream = _ok(train("upstream", model=model))
+    grouped = _ok(train("patched", model=model, overrides=TURBO_EXPERTS))
+    assert upstream["expert_classes"] == ["SequentialMLP"] and grouped["expert_classes"] == ["TorchGroupedMLP"]
+    assert grouped["losses"][-1] < grouped["losses"][0] - 0.1
+    assert grouped["losses"] == pytest.approx(upstream["losses"], rel=1e-5, abs=0)
+    assert grouped["grad_norms"][0] == pytest.approx(upstream["grad_norms"][0], rel=1e-5, abs=0)
+    assert grouped["grad_norms"] == pytest.approx(upstream["grad_norms"], rel=1e-3)
+
+
+def test_turbo_grouped_mlp_without_enable_primus_turbo_is_upstream_bit_for_bit(train) -> None:
+    """The flag is inert without the master switch: upstream's experts, bit for bit."""
+    upstream = _ok(train("upstream", model="moe"))
+    inert = _ok(train("patched", model="moe", overrides={"use_turbo_grouped_mlp": True}))
+    assert inert["expert_classes"] == ["SequentialMLP"]
+    assert inert["losses"] == upstream["losses"]
+    assert inert["grad_norms"] == upstream["grad_norms"]
+
+
+def test_turbo_grouped_mlp_checkpoint_loads_into_sequential_experts_and_under_ep2(train) -> None:
+    """A checkpoint the grouped experts saved (one step, dist_checkpointing through the trainer) is
+    loaded (finetune) by upstream's SequentialMLP, by the grouped experts again, and by the grouped
+    experts at EP=2 (two processes, two local experts each: the expert axis resharded); all three
+    train alike from it (EP=2 within the EP tolerance of tests/cpu/test_training.py)."""
+    start = {"load": str(train.start("patched", "moe", TURBO_EXPERTS)), "finetune": True}
+    grouped = _ok(train("patched", model="moe", overrides={**TURBO_EXPERTS, **start}))
+    sequential = _ok(train("patched", model="moe", overrides=start))
+    grouped_ep2 = _ok(train("patched", nproc=2, model="moe", ep=2, overrides={**TURBO_EXPERTS, **start}))
+    assert sequential["expert_classes"] == ["SequentialMLP"] and grouped_ep2["expert_classes"] == ["TorchGroupedMLP"]
+    assert sequential["losses"] == pytest.approx(grouped["losses"], rel=1e-5, abs=0)
+    assert grouped_ep2["losses"] == pytest.approx(grouped["losses"], rel=1e-5, abs=0)
+    assert grouped_ep2["grad_norms"] == pytest.approx(grouped["grad_norms"], rel=1e-3)
+
+
+def test_turbo_grouped_mlp_resume_restores_optimizer_state_for_either_experts(train) -> None:
+    """Resume (weights, Adam moments, iteration) from a checkpoint the grouped experts saved at
+    step 2: the grouped experts continue exactly as the uninterrupted run, and upstream's
+    SequentialMLP continues it too (its per-expert optimizer states come from the stacked ones)."""
+    folder = str(train.workdir / "grouped-resume")
+    reference = _ok(train("patched", model="moe", steps=4, overrides=TURBO_EXPERTS))
+    _ok(train("patched", model="moe", steps=2, overrides={**TURBO_EXPERTS, "save": folder, "save_interval": 2}))
+    grouped = _ok(train("patched", model="moe", steps=4, overrides={**TURBO_EXPERTS, "load": folder}))
+    sequential = _ok(train("patched", model="moe", steps=4, overrides={"load": folder}))
+    assert grouped["losses"] == reference["losses"][2:]
+    assert sequential["expert_classes"] == ["SequentialMLP"]
+    assert sequential["losses"] == pytest.approx(reference["losses"][2:], rel=1e-5, abs=0)

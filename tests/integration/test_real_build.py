@@ -44,6 +44,7 @@ def test_outputs(out: Path) -> None:
         "moe_use_fused_router_with_aux_score": "applied",
         "enable_primus_turbo": "applied",
         "use_turbo_attention": "applied",
+        "use_turbo_grouped_mlp": "applied",
         # declared for the manifest and the patch notes; primus_runtime implements them
         "trainer_trackers": "runtime",
         "trainer_resume_and_saving": "runtime",
@@ -85,7 +86,7 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
                          "moe_router_force_load_balancing_type", "moe_permute_fusion", "fused_padded_mla_attention",
                          "use_deprecated_20241209_moe_layer", "no_fp8_weight_transpose_cache",
                          "moe_use_fused_router_with_aux_score", "enable_primus_turbo", "use_turbo_attention",
-                         "disable_tensorboard", "disable_wandb",
+                         "use_turbo_grouped_mlp", "use_turbo_grouped_gemm", "disable_tensorboard", "disable_wandb",
                          "auto_continue_train", "disable_last_saving", "disable_compile_dependencies", "pp_warmup",
                          "disable_profiler_activity_cpu", "use_rocm_mem_info", "use_rocm_mem_info_iters",
                          "disable_mlflow"]),

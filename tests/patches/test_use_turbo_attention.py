@@ -12,17 +12,14 @@ tested only for being refused when forced.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, fork_server, run_python
+from tests.patches.turbo_probes import probe_result, write_standin
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
 FP32 = 1e-5
 
 STANDIN_OPS = '''
@@ -42,19 +39,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
 '''
 
 
-def probe(tree: Path, mode: str, *, extra_path: Path | None = None, env: dict[str, str] | None = None) -> dict:
-    """The probe's RESULT for ``mode``: forked from the tree's server, or, with ``extra_path`` (a
-    stand-in package to put on the path), in a fresh interpreter."""
-    script = str(HERE / "turbo_attention_probe.py")
-    env = {"PRIMUS_TURBO_BACKEND": "", **(env or {})}  # unset unless a test forces one
-    if extra_path is None:
-        proc = fork_server(tree).run(script, mode, env=env, check=False)
-    else:
-        proc = run_python(script, mode, tree=tree, check=False,
-                          env={**env, "PYTHONPATH": os.pathsep.join([str(tree), str(extra_path), str(REPO)])})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"probe {mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+def probe(tree: Path, mode: str, *, extra_path: Path | None = None,
+          env: dict[str, str] | None = None) -> dict:
+    return probe_result("turbo_attention_probe.py", tree, mode, extra_path=extra_path, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +99,7 @@ def test_dispatch_picks_torch_and_refuses_a_forced_backend_that_is_absent(patche
 
 def test_dispatch_to_a_primus_turbo_standin(patched: Path, tmp_path: Path) -> None:
     """DISPATCH test: the stand-in records what Primus-Turbo's flash_attn_func would be given."""
-    ops = tmp_path / "primus_turbo" / "pytorch"
-    ops.mkdir(parents=True)
-    (tmp_path / "primus_turbo" / "__init__.py").write_text('__version__ = "0.0-standin"\n')
-    (ops / "__init__.py").write_text("")
-    (ops / "ops.py").write_text(STANDIN_OPS)
-    got = probe(patched, "backend", extra_path=tmp_path)
+    got = probe(patched, "backend", extra_path=write_standin(tmp_path, STANDIN_OPS))
     assert got["backend"] == "primus_turbo 0.0-standin" and got["class"] == "PrimusTurboAttention"
     assert got["calls"] == [{"q": [3, 12, 4, 16], "k": [3, 12, 2, 16], "v": [3, 12, 2, 16], "dropout_p": 0.0,
                              "softmax_scale": 16 ** -0.5, "causal": True}]

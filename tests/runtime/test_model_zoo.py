@@ -203,3 +203,32 @@ def test_flag_fields_pass_only_where_the_config_has_them(cpu_trees: dict[str, Pa
     proc = run_in_tree(cpu_trees[tree], "-c", FLAG_SCRIPT)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("FLAG"))
     assert json.loads(line[4:]) == expected
+
+
+GROUPED_SCRIPT = """
+import json
+from primus_runtime.config.loader import resolve_model
+from primus_runtime.model.builder import layer_spec
+from primus_runtime.model.config_map import transformer_config
+from primus_runtime.model.errors import ModelConfigError
+from primus_runtime.model.param_count import world_of_one
+params = {**resolve_model("tiny_mixtral.yaml"), "moe_grouped_gemm": True}
+turbo = {**params, "enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
+with world_of_one():
+    try:
+        off = layer_spec(params, transformer_config(params), use_te=False)[1]
+    except ModelConfigError as exc:
+        off = str(exc)
+    on = layer_spec(turbo, transformer_config(turbo), use_te=False)[1]
+print("GROUPED" + json.dumps([off, on]))
+"""
+
+
+@pytest.mark.slow
+def test_moe_grouped_gemm_without_te_runs_on_the_turbo_grouped_experts(cpu_trees: dict[str, Path]) -> None:
+    """Primus's MoE configs set moe_grouped_gemm: without TransformerEngine or the grouped_gemm
+    package it is refused, unless use_turbo_grouped_mlp (with enable_primus_turbo) builds the experts."""
+    proc = run_in_tree(cpu_trees["patched"], "-c", GROUPED_SCRIPT)
+    off, on = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("GROUPED"))[7:])
+    assert off.startswith("moe_grouped_gemm needs TransformerEngine or the grouped_gemm package")
+    assert on.startswith("local layer spec (PyTorch modules), grouped-GEMM experts on the Primus Turbo backend (torch ")
