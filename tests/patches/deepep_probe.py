@@ -4,7 +4,8 @@ Launched by torchrun (gloo on CPU, NCCL on a GPU; any world size = the expert-pa
 cpu-test flavor tree (or a default tree on a GPU). Each case builds the MoE MLP of megatron's local
 GPT layer spec twice -- a reference config and a candidate config -- with the reference's weights
 copied into the candidate, runs forward and backward on the same per-rank input and output
-gradient, and writes per-rank results to ``OUT.rank<r>.json``:
+gradient. One launch runs a list of cases and writes each rank's results, in order, to
+``OUT.rank<r>.json``:
 
 ``compare``
     max |difference| of outputs, input gradients, router-weight gradients and expert-weight
@@ -15,13 +16,14 @@ gradient, and writes per-rank results to ``OUT.rank<r>.json``:
     routing map's columns gathered over the EP group.
 ``sync``
     the candidate layer's forward and backward with ``Tensor.item/tolist/cpu/numpy`` and tensor
-    truth values / int conversions raising (experts replaced by a sync-free stand-in that scales
-    each row by its probability, since SequentialMLP reads its counts on the host): the name of
-    the first host read, or null. With ``cuda`` set, ``torch.cuda.set_sync_debug_mode("error")``
-    is used instead (GPU only).
+    truth values / int conversions raising: the name of the first host read, or null. With
+    ``stand_in_experts`` the experts only scale each row by its probability (to check router,
+    dispatch and combine alone: SequentialMLP reads its counts on the host). With ``cuda`` set, ``torch.cuda.set_sync_debug_mode("error")``
+    is used instead (on a GPU, ``"cuda": true``).
 
 usage: torchrun --nproc-per-node EP deepep_probe.py OUT JSON_OPTIONS
-       ({"case": "compare"|"identity"|"sync", "reference": {...}, "candidate": {...}, "seq": 8, "bsz": 2})
+       ({"cuda": false, "cases": [{"case": "compare"|"identity"|"sync", "reference": {...},
+         "candidate": {...}, "seq": 8, "bsz": 2}, ...]})
 """
 
 from __future__ import annotations
@@ -152,10 +154,11 @@ class ScaleByProb(torch.nn.Module):
 
 def sync(opts: dict, rank: int, device: torch.device) -> dict:
     layer = build(opts.get("candidate", {}), device)
-    layer.experts = ScaleByProb()
+    if opts.get("stand_in_experts"):
+        layer.experts = ScaleByProb()
     hidden, grad = inputs(opts, rank, device)
     run(layer, hidden, grad)  # compile and warm up outside the checked region
-    if opts.get("cuda"):
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -183,9 +186,10 @@ def main(out: str, opts: dict) -> None:
     torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     parallel_state.initialize_model_parallel(expert_model_parallel_size=world)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    result = {"compare": compare, "identity": identity, "sync": sync}[opts["case"]](opts, rank, device)
+    cases = {"compare": compare, "identity": identity, "sync": sync}
+    results = [cases[case["case"]](case, rank, device) for case in opts["cases"]]
     with open(f"{out}.rank{rank}.json", "w") as fh:
-        json.dump(result, fh)
+        json.dump(results, fh)
     torch.distributed.destroy_process_group()
 
 
