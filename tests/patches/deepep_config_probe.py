@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 MOE = dict(num_layers=1, hidden_size=32, num_attention_heads=4, num_moe_experts=8, moe_router_topk=2,
-           use_cpu_initialization=True, moe_token_dispatcher_type="alltoall")
+           use_cpu_initialization=True, moe_token_dispatcher_type="alltoall", add_bias_linear=False)
 TURBO = {"enable_primus_turbo": True}
-FIELDS = ("moe_use_fused_router_with_aux_score", "moe_permute_fusion", "use_turbo_deepep",
+FIELDS = ("moe_use_fused_router_with_aux_score", "moe_permute_fusion", "use_turbo_deepep", "use_turbo_grouped_mlp",
           "moe_token_dispatcher_type", "moe_flex_dispatcher_backend", "moe_deepep_num_sms", "moe_hybridep_num_sms")
 
 

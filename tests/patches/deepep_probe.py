@@ -75,17 +75,22 @@ def build(options: dict, device: torch.device) -> Any:
     from megatron.core.transformer.spec_utils import build_module
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    config = TransformerConfig(**{**BASE, **options})
+    options = {**BASE, **options}
+    if isinstance(options.get("params_dtype"), str):  # JSON names the dtype
+        options["params_dtype"] = getattr(torch, options["params_dtype"])
+    config = TransformerConfig(**options)
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
     spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts)
     return build_module(spec.submodules.mlp, config=config).to(device)
 
 
-def inputs(opts: dict, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(opts: dict, rank: int, device: torch.device, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-rank input and output gradient, in the layer's parameter dtype."""
     gen = torch.Generator().manual_seed(100 + rank)
     shape = (opts.get("seq", 8), opts.get("bsz", 2), BASE["hidden_size"])
-    return torch.randn(shape, generator=gen).to(device), torch.randn(shape, generator=gen).to(device)
+    dtype = layer.config.params_dtype
+    return (torch.randn(shape, generator=gen).to(device, dtype), torch.randn(shape, generator=gen).to(device, dtype))
 
 
 def run(layer: Any, hidden: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,7 +113,7 @@ def compare(opts: dict, rank: int, device: torch.device) -> dict:
     reference = build(opts.get("reference", {}), device)
     candidate = build(opts.get("candidate", {}), device)
     candidate.load_state_dict(reference.state_dict())
-    hidden, grad = inputs(opts, rank, device)
+    hidden, grad = inputs(opts, rank, device, reference)
     results = []
     for _ in range(opts.get("repeat", 1)):
         ref, cand = run(reference, hidden, grad), run(candidate, hidden, grad)
@@ -123,7 +128,7 @@ def identity(opts: dict, rank: int, device: torch.device) -> dict:
 
     layer = build(opts.get("candidate", {}), device)
     dispatcher = layer.token_dispatcher
-    hidden, _ = inputs(opts, rank, device)
+    hidden, _ = inputs(opts, rank, device, layer)
     flat = hidden.reshape(-1, hidden.shape[-1])
     probs, routing_map = layer.router(hidden)
     x, p = dispatcher.dispatch_preprocess(flat, routing_map, probs)
@@ -156,7 +161,7 @@ def sync(opts: dict, rank: int, device: torch.device) -> dict:
     layer = build(opts.get("candidate", {}), device)
     if opts.get("stand_in_experts"):
         layer.experts = ScaleByProb()
-    hidden, grad = inputs(opts, rank, device)
+    hidden, grad = inputs(opts, rank, device, layer)
     run(layer, hidden, grad)  # compile and warm up outside the checked region
     if device.type == "cuda":
         torch.cuda.synchronize()
