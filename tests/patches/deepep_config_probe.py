@@ -46,7 +46,8 @@ def refusal(**options: Any) -> str | None:
 
 
 def with_backend(deepep: bool, hybridep: bool, **options: Any) -> dict:
-    """The config's fields with fused_a2a's DeepEP / HybridEP entry points stood in for."""
+    """The config's fields, and the backend its flex dispatcher gets, with fused_a2a's DeepEP /
+    HybridEP entry points stood in for."""
     from megatron.core._primus.turbo import deepep as turbo_deepep
     from megatron.core.transformer.moe import fused_a2a
 
@@ -55,7 +56,7 @@ def with_backend(deepep: bool, hybridep: bool, **options: Any) -> dict:
     fused_a2a.hybrid_ep_dispatch = (lambda *a, **k: None) if hybridep else None
     turbo_deepep.dispatch_backend.cache_clear()
     try:
-        return {"backend": turbo_deepep.dispatch_backend(), **fields(**options)}
+        return {"backend": turbo_deepep.backend_for(config(**options)), **fields(**options)}
     finally:
         fused_a2a.fused_dispatch, fused_a2a.hybrid_ep_dispatch = saved
         turbo_deepep.dispatch_backend.cache_clear()
@@ -91,6 +92,8 @@ def stream_arguments(**options: Any) -> list:
 def main(out: str) -> None:
     from megatron.core._primus.turbo.sync_free import fields_for
 
+    stage2 = {**TURBO, "turbo_sync_free_moe_stage": 2}
+
     results = {
         "stages": {stage: fields(**TURBO, turbo_sync_free_moe_stage=stage) for stage in range(4)},
         "stage_table": {stage: list(fields_for(stage)) for stage in range(4)},
@@ -103,10 +106,13 @@ def main(out: str) -> None:
             "num_cu 0": refusal(**TURBO, use_turbo_deepep=True, turbo_deepep_num_cu=0),
             "shared expert overlap": refusal(**TURBO, use_turbo_deepep=True, moe_shared_expert_intermediate_size=64,
                                              moe_shared_expert_overlap=True),
+            "quantization padding": refusal(**TURBO, use_turbo_deepep=True, fp8="hybrid",
+                                            moe_router_padding_for_quantization=True),
             "pad to capacity": refusal(**TURBO, use_turbo_deepep=True, moe_expert_capacity_factor=1.0,
                                        moe_pad_expert_input_to_capacity=True),
         },
         "deepep": with_backend(True, True, **TURBO, use_turbo_deepep=True, turbo_deepep_num_cu=48),
+        "deepep_stage2": with_backend(True, True, **stage2),
         "hybridep": with_backend(False, True, **TURBO, use_turbo_deepep=True, turbo_deepep_num_cu=24),
         "streams": {str(flag): stream_arguments(**TURBO, use_turbo_deepep=True, turbo_deepep_use_comm_stream=flag)
                     for flag in (False, True)},

@@ -180,12 +180,14 @@ def test_bad_configs_are_refused_naming_the_option(config_results: dict) -> None
     assert refused["num_cu 0"].startswith("ValueError: turbo_deepep_num_cu=0")
     assert "moe_shared_expert_overlap: false" in refused["shared expert overlap"]
     assert "moe_pad_expert_input_to_capacity: false" in refused["pad to capacity"]
+    assert "moe_router_padding_for_quantization: false" in refused["quantization padding"]
 
 
 def test_deep_ep_dispatch_maps_num_cu_onto_upstreams_backends(config_results: dict) -> None:
     """Dispatch test (stand-ins for deep_ep's entry points; no DeepEP kernel runs): with DeepEP the
     flex dispatcher's deepep backend with moe_deepep_num_sms = turbo_deepep_num_cu; with only
-    HybridEP, hybridep and moe_hybridep_num_sms; PRIMUS_TURBO_BACKEND=torch forces the portable one."""
+    HybridEP, hybridep and moe_hybridep_num_sms; PRIMUS_TURBO_BACKEND=torch and sync-free stages 2-3
+    force the portable one."""
     deepep, hybridep, portable = config_results["deepep"], config_results["hybridep"], config_results["portable"]
     assert deepep["backend"] == "deepep" and deepep["moe_token_dispatcher_type"] == "flex"
     assert deepep["moe_flex_dispatcher_backend"] == "deepep" and deepep["moe_deepep_num_sms"] == 48
@@ -193,6 +195,9 @@ def test_deep_ep_dispatch_maps_num_cu_onto_upstreams_backends(config_results: di
     assert hybridep["moe_hybridep_num_sms"] == 24 and hybridep["moe_deepep_num_sms"] == 20
     assert portable["moe_token_dispatcher_type"] == "flex" and portable["moe_deepep_num_sms"] == 20
     assert config_results["forced_torch"]["backend"] == "torch"
+    # from sync-free stage 2 the portable manager, DeepEP or not (DeepEP's reads its row count on the host)
+    assert config_results["deepep_stage2"]["backend"] == "torch"
+    assert config_results["deepep_stage2"]["moe_deepep_num_sms"] == 20
 
 
 def test_comm_stream_flag_reaches_the_managers_stream_arguments(config_results: dict) -> None:
