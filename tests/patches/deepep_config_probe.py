@@ -45,6 +45,18 @@ def refusal(**options: Any) -> str | None:
     return None
 
 
+def resolve_refusal(**changes: Any) -> str | None:
+    """What ``resolve`` says of a use_turbo_deepep config with ``changes`` (for options whose
+    upstream checks need TransformerEngine, e.g. FP8: the config's fields, changed, on a namespace)."""
+    from megatron.core._primus.turbo.deepep import resolve
+
+    try:
+        resolve(types.SimpleNamespace(**{**vars(config(**TURBO, use_turbo_deepep=True)), **changes}))
+    except ValueError as err:
+        return f"ValueError: {err}"
+    return None
+
+
 def with_backend(deepep: bool, hybridep: bool, **options: Any) -> dict:
     """The config's fields, and the backend its flex dispatcher gets, with fused_a2a's DeepEP /
     HybridEP entry points stood in for."""
@@ -106,8 +118,7 @@ def main(out: str) -> None:
             "num_cu 0": refusal(**TURBO, use_turbo_deepep=True, turbo_deepep_num_cu=0),
             "shared expert overlap": refusal(**TURBO, use_turbo_deepep=True, moe_shared_expert_intermediate_size=64,
                                              moe_shared_expert_overlap=True),
-            "quantization padding": refusal(**TURBO, use_turbo_deepep=True, fp8="hybrid",
-                                            moe_router_padding_for_quantization=True),
+            "quantization padding": resolve_refusal(fp8="hybrid", moe_router_padding_for_quantization=True),
             "pad to capacity": refusal(**TURBO, use_turbo_deepep=True, moe_expert_capacity_factor=1.0,
                                        moe_pad_expert_input_to_capacity=True),
         },
