@@ -15,8 +15,9 @@ gradient. One launch runs a list of cases and writes each rank's results, in ord
     return ``hidden * sum(probs)``; and the per-expert counts handed to the experts against the
     routing map's columns gathered over the EP group.
 ``sync``
-    the candidate layer's forward and backward with ``Tensor.item/tolist/cpu/numpy`` and tensor
-    truth values / int conversions raising: the name of the first host read, or null. With
+    the candidate layer's forward and backward with ``Tensor.item/tolist/cpu/numpy``, tensor
+    truth values / int conversions, data-shaped ops (``nonzero``, ``masked_select``, ``unique``,
+    ``argwhere``) and boolean-mask indexing raising: the name of the first, or null. With
     ``stand_in_experts`` the experts only scale each row by its probability (to check router,
     dispatch and combine alone: SequentialMLP reads its counts on the host). With ``cuda`` set, ``torch.cuda.set_sync_debug_mode("error")``
     is used instead (on a GPU, ``"cuda": true``).
@@ -44,6 +45,8 @@ BASE = dict(num_layers=1, hidden_size=32, num_attention_heads=4, ffn_hidden_size
             activation_func=F.silu, use_cpu_initialization=True, moe_router_dtype="fp32")
 #: what reads a device value on the host
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+#: what has an output shape that depends on device values (the host waits for it on a GPU)
+DATA_SHAPED = ("nonzero", "masked_select", "unique", "argwhere")
 
 
 class HostRead(RuntimeError):
@@ -52,21 +55,31 @@ class HostRead(RuntimeError):
 
 @contextlib.contextmanager
 def no_host_reads() -> Iterator[None]:
-    """Make every host read of a tensor raise :class:`HostRead` naming the method."""
-    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    """Make every host read of a tensor, every data-shaped op and indexing by a boolean mask raise
+    :class:`HostRead` naming it: what synchronises with the host on a GPU, seen on the CPU."""
+    targets = [(torch.Tensor, name) for name in HOST_READS + DATA_SHAPED + ("__getitem__",)]
+    targets += [(torch, name) for name in DATA_SHAPED]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    getitem = torch.Tensor.__getitem__
 
     def refusing(name: str) -> Any:
-        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        def read(*args: Any, **kwargs: Any) -> Any:
             raise HostRead(name)
         return read
 
-    for name in HOST_READS:
-        setattr(torch.Tensor, name, refusing(name))
+    def indexing(self: torch.Tensor, index: Any) -> Any:
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts):
+            raise HostRead("boolean mask indexing")
+        return getitem(self, index)
+
+    for owner, name in targets:
+        setattr(owner, name, indexing if name == "__getitem__" else refusing(name))
     try:
         yield
     finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
+        for owner, name, method in saved:
+            setattr(owner, name, method)
 
 
 def build(options: dict, device: torch.device) -> Any:

@@ -5,8 +5,9 @@ real ``MoELayer``s under torchrun with gloo (``deepep_probe.py``) and is compare
 alltoall dispatcher built from the same weights: outputs and every gradient within fp32 rounding,
 dispatch -> identity experts -> combine returns ``hidden * sum(probs)``, and the per-expert counts
 exchanged on the device equal the routing map's columns summed over the EP group. The sync-free
-check makes ``Tensor.item/tolist/cpu/numpy`` and tensor truth values raise during one MoE layer's
-forward and backward: stage 0 (upstream's alltoall) must raise, stages 2 and 3 must not. The
+check makes ``Tensor.item/tolist/cpu/numpy``, tensor truth values, data-shaped ops (``nonzero``,
+``masked_select``, ``unique``) and boolean-mask indexing raise during one MoE layer's forward and
+backward: stage 0 (upstream's alltoall) must raise, stages 2 and 3 must not. The
 ``deep_ep`` branches are dispatch tests with stand-ins (``deepep_config_probe.py``): they show which
 upstream backend and numbers the config gets; no DeepEP kernel ran here. The CUDA sync-debug test
 runs only where CUDA is (the ``gpu`` marker; tests/conftest.py deselects it elsewhere).
@@ -139,6 +140,25 @@ def test_one_process_portable_dispatcher_matches_alltoall(cpu_trees: dict[str, P
     ], nproc=1)
     assert_close(exact)
     assert_close(padded)
+
+
+def test_host_read_detector_sees_what_synchronises_on_a_gpu() -> None:
+    """The CPU stand-in for CUDA's sync debug mode catches each kind of host wait it claims to."""
+    import torch
+
+    from tests.patches.deepep_probe import HostRead, no_host_reads
+
+    x = torch.arange(6.0)
+    mask = x > 2
+    waits = {"boolean mask indexing": lambda: x[mask], "nonzero": lambda: torch.nonzero(mask),
+             "masked_select": lambda: x.masked_select(mask), "unique": lambda: x.unique(),
+             "item": lambda: x.sum().item(), "tolist": lambda: x.tolist(), "__bool__": lambda: bool(x[0] > 1)}
+    for name, call in waits.items():
+        with pytest.raises(HostRead, match=name), no_host_reads():
+            call()
+    with no_host_reads():  # static-shape indexing and arithmetic pass
+        assert x[1:3].shape == x[torch.tensor([0, 2])].shape == (2,)
+    assert x[mask].tolist() == [3.0, 4.0, 5.0]  # restored afterwards
 
 
 @pytest.fixture(scope="module")
