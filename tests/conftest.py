@@ -35,13 +35,22 @@ BUILD_CACHE = ROOT / "build" / "cache"
 TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``training`` tests are ``slow`` as well, so ``-m "not slow"`` is the fast tier."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``training`` tests are ``slow`` as well, so ``-m "not slow"`` is the fast tier; ``gpu`` tests
+    are selected only where CUDA is (a CPU host deselects them: they are not counted as skipped work)."""
     for item in items:
         if item.path.relative_to(ROOT).as_posix() in TRAINING_MODULES:
             item.add_marker(pytest.mark.training)
         if item.get_closest_marker("training") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        deselected = [item for item in items if item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -211,3 +211,65 @@ def test_turbo_grouped_mlp_resume_restores_optimizer_state_for_either_experts(tr
     assert grouped["losses"] == reference["losses"][2:]
     assert sequential["expert_classes"] == ["SequentialMLP"]
     assert sequential["losses"] == pytest.approx(reference["losses"][2:], rel=1e-5, abs=0)
+
+
+# --- use_turbo_deepep, turbo_deepep_num_cu, turbo_deepep_use_comm_stream, turbo_sync_free_moe_stage
+# (spec D10-D13) ---------------------------------------------------------------------------------
+
+TURBO_DEEPEP = {"enable_primus_turbo": True, "use_turbo_deepep": True}
+#: both knobs at other values: the portable path's results must not move (no effect, a no-op stream)
+TURBO_DEEPEP_KNOBS = {**TURBO_DEEPEP, "turbo_deepep_num_cu": 8, "turbo_deepep_use_comm_stream": True}
+
+
+def _sync_free(stage: int) -> dict:
+    return {"enable_primus_turbo": True, "turbo_sync_free_moe_stage": stage}
+
+
+@pytest.mark.parametrize(("model", "ep", "config"), [
+    ("moe", 2, TURBO_DEEPEP),
+    ("moe", 2, _sync_free(2)),
+    ("moe", 2, _sync_free(3)),
+    ("deepseek", 1, TURBO_DEEPEP),
+    ("deepseek", 1, _sync_free(1)),
+    ("deepseek", 1, _sync_free(3)),
+], ids=["mixtral-ep2-deepep", "mixtral-ep2-stage2", "mixtral-ep2-stage3", "deepseek-deepep", "deepseek-stage1",
+        "deepseek-stage3"])
+def test_turbo_deepep_trains_like_upstream_alltoall(train, model: str, ep: int, config: dict) -> None:
+    """The Mixtral-style (EP=2, two processes) and DeepSeek-V2-Lite-style (EP=1, shared expert) models
+    train with the portable Turbo DeepEP dispatcher and the sync-free stages, and their losses over
+    10 steps equal upstream's alltoall dispatcher's within 1e-5 relative.
+
+    Both runs start from the same weights (same layout, same seeds; the grouped experts of stages 2-3
+    are initialised with SequentialMLP's numbers). Without padding the dispatcher hands the experts
+    the alltoall dispatcher's rows in the same order, and the combine sums the same terms; the
+    stages' fused router renormalises its probs (1.2e-7) and the padded expert inputs change the
+    matmul shapes, i.e. fp32 rounding that Adam carries on (tests/patches/test_use_turbo_deepep.py
+    bounds one layer's outputs and gradients at 48 eps). A wrong token, prob or gradient moves the
+    losses by 1e-3 or more within a few steps.
+    """
+    upstream = _ok(train("upstream", nproc=ep, model=model, ep=ep, steps=10))
+    turbo = _ok(train("patched", nproc=ep, model=model, ep=ep, steps=10, overrides=config))
+    assert turbo["losses"][-1] < turbo["losses"][0] - 0.1
+    assert turbo["losses"] == pytest.approx(upstream["losses"], rel=1e-5, abs=0)
+    assert turbo["grad_norms"][0] == pytest.approx(upstream["grad_norms"][0], rel=1e-5, abs=0)
+
+
+def test_turbo_deepep_num_cu_and_comm_stream_do_not_change_training(train) -> None:
+    """Mixtral-style, EP=2: with turbo_deepep_num_cu 8 and the comm stream on, the same losses and
+    gradient norms, bit for bit, as with the defaults (on CPU the stream is a no-op and the compute
+    units have no effect on the portable path)."""
+    default = _ok(train("patched", nproc=2, model="moe", ep=2, steps=10, overrides=TURBO_DEEPEP))
+    knobs = _ok(train("patched", nproc=2, model="moe", ep=2, steps=10, overrides=TURBO_DEEPEP_KNOBS))
+    assert knobs["losses"] == default["losses"]
+    assert knobs["grad_norms"] == default["grad_norms"]
+
+
+def test_turbo_deepep_flags_off_is_upstream_bit_for_bit(train) -> None:
+    """The Mixtral-style model at EP=2 with every Turbo DeepEP flag at its default, and with the
+    flags set but enable_primus_turbo off (inert): upstream's losses and gradient norms exactly."""
+    upstream = _ok(train("upstream", nproc=2, model="moe", ep=2, steps=10))
+    inert = {**TURBO_DEEPEP_KNOBS, "enable_primus_turbo": False, "turbo_sync_free_moe_stage": 3}
+    for overrides in ({}, inert):
+        off = _ok(train("patched", nproc=2, model="moe", ep=2, steps=10, overrides=overrides))
+        assert off["losses"] == upstream["losses"], overrides
+        assert off["grad_norms"] == upstream["grad_norms"], overrides

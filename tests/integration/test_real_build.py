@@ -45,6 +45,7 @@ def test_outputs(out: Path) -> None:
         "enable_primus_turbo": "applied",
         "use_turbo_attention": "applied",
         "use_turbo_grouped_mlp": "applied",
+        "use_turbo_deepep": "applied",
         # declared for the manifest and the patch notes; primus_runtime implements them
         "trainer_trackers": "runtime",
         "trainer_resume_and_saving": "runtime",
@@ -59,7 +60,8 @@ def test_outputs(out: Path) -> None:
         assert (out / "diffs" / "versions" / f"{version}.previous.diff").is_file()
     patch_diff = (out / "diffs" / "patches" / "v0.1.0" / "002-moe_router_force_load_balancing.diff").read_text()
     assert "+            probs, routing_map = force_even_routing(probs, routing_map, self.topk)" in patch_diff
-    assert (out / "diffs" / "versions" / "v0.4.0.previous.diff").read_text() == ""
+    v040 = (out / "diffs" / "versions" / "v0.4.0.previous.diff").read_text()
+    assert "+++ b/megatron/core/_primus/turbo/deepep.py" in v040
 
 
 def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None:
@@ -86,7 +88,9 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
                          "moe_router_force_load_balancing_type", "moe_permute_fusion", "fused_padded_mla_attention",
                          "use_deprecated_20241209_moe_layer", "no_fp8_weight_transpose_cache",
                          "moe_use_fused_router_with_aux_score", "enable_primus_turbo", "use_turbo_attention",
-                         "use_turbo_grouped_mlp", "use_turbo_grouped_gemm", "disable_tensorboard", "disable_wandb",
+                         "use_turbo_grouped_mlp", "use_turbo_grouped_gemm", "use_turbo_deepep", "turbo_deepep_num_cu",
+                         "turbo_deepep_use_comm_stream", "turbo_sync_free_moe_stage",
+                         "disable_tensorboard", "disable_wandb",
                          "auto_continue_train", "disable_last_saving", "disable_compile_dependencies", "pp_warmup",
                          "disable_profiler_activity_cpu", "use_rocm_mem_info", "use_rocm_mem_info_iters",
                          "disable_mlflow"]),
