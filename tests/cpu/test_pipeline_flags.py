@@ -1,6 +1,9 @@
 """The pipeline flags in real CPU training (gloo, torchrun): ``dump_pp_data`` and
 ``decoder_pipeline_manual_split_list``.
 
+``decoder_pipeline_manual_split_list``: PP=2 with an uneven split, and PP=2 x VPP=2, train like
+one process (on 0.16.1 through upstream's pipeline_model_parallel_layout).
+
 ``dump_pp_data``: a PP=2 run writes one file per pipeline rank and ``config.json``; every
 microbatch's forward and backward appears once per rank, in megatron's 1F1B order; the times are
 ordered and inside the iteration; the losses are bit-identical to the same run without the flag;
@@ -15,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from primus_runtime.cli import main
-from tests.cpu.test_training import curves, ok
+from primus_runtime.timeline import bubbles
+from primus_runtime.timeline.dump import load
+from tests.cpu.test_training import curves, ok, same_training
 from tests.runtime.test_pp_timeline import one_f_one_b
 
 pytestmark = pytest.mark.slow
@@ -70,3 +75,28 @@ def test_pp_timeline_draws_a_real_dump(train, tmp_path: Path, capsys: pytest.Cap
     assert (pixels[:, 1] > pixels[:, 0] + 0.1).mean() > 0.01  # backward passes (green)
     assert main(["pp-timeline", str(folder), "-o", str(tmp_path / "timeline.html")]) == 0
     assert "<svg" in (tmp_path / "timeline.html").read_text()
+
+
+@pytest.mark.parametrize(("layers", "split"), [(4, [1, 3]), (6, [1, 2, 2, 1])], ids=["pp2", "pp2-vpp2"])
+def test_manual_split_trains_like_one_process(train, layers: int, split: list[int]) -> None:
+    """PP=2 with layers [1, 3] (no virtual stages), and PP=2 x VPP=2 with [1, 2, 2, 1] (rank 0 builds
+    1 then 2 layers, rank 1 builds 2 then 1; megatron's interleaved 1F1B): the same losses as one
+    process from the same weights. On megatron-core 0.16.1 the list becomes upstream's
+    pipeline_model_parallel_layout (the patch is retired there)."""
+    model = {"num_layers": layers}
+    single = ok(train("patched", steps=STEPS, overrides=model, from_start=True))
+    run = ok(train("patched", nproc=2, pp=2, steps=STEPS, from_start=True, start_overrides=model,
+                   overrides={**model, "decoder_pipeline_manual_split_list": split, "dump_pp_data": True}))
+    same_training(run, single)
+    log = (Path(run["exp_root"]) / "logs" / "rank_0.log").read_text()
+    vp = len(split) // 2
+    assert f"vp={vp if vp > 1 else None}" in log  # the trainer took the virtual pipeline size from the split
+    # the dump (on here too) shows every microbatch once per model chunk on each rank
+    dump = load(dumped(run))
+    for rank, iterations in dump.ranks.items():
+        passes = iterations[STEPS].passes
+        for kind in "FB":
+            ids = sorted((p.microbatch, p.chunk) for p in passes if p.kind == kind)
+            assert ids == [(mb, c) for mb in range(MICROBATCHES) for c in range(vp)], (rank, kind)
+    # the order megatron ran has the textbook bubble of (interleaved) 1F1B: (p - 1) / (v m + p - 1)
+    assert bubbles.unit_cost(dump, STEPS) == pytest.approx(1 / (vp * MICROBATCHES + 1))
