@@ -112,7 +112,7 @@ def _iteration(path: Path, number: int, entry: Any) -> RankIteration:
     if not isinstance(entry, dict):
         raise DumpError(f"{where}: expected an object, got {type(entry).__name__}")
     total, memory = entry.get("total"), entry.get("memory", 0.0)
-    if not _number(total) or total < 0:
+    if not isinstance(total, (int, float)) or isinstance(total, bool) or total < 0:
         raise DumpError(f"{where}: 'total' must be the iteration's time in ms, got {total!r}")
     passes = []
     for name, kind in KINDS.items():
