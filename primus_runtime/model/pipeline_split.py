@@ -51,8 +51,9 @@ def virtual_size(split: Any, num_layers: int, pp: int, params: Mapping[str, Any]
     vp = len(split) // pp
     empty = [i for i, n in enumerate(split) if n == 0]
     if empty and vp > 1:
-        # megatron's interleaved schedule sends every model chunk's output on; a chunk without
-        # layers passes its input through, which upstream allows only for whole stages without VPP
+        # a model chunk without layers has no state of its own, so the trainer's checkpoints
+        # (one state per chunk) cannot be loaded into it; a whole stage without layers (no
+        # virtual stages) keeps its embedding or output layer and works
         raise SplitError(f"{FLAG}={list(split)}: entry {empty[0]} (rank {empty[0] // vp}, model chunk "
                          f"{empty[0] % vp}) builds no layer; with virtual pipeline stages every model chunk "
                          f"needs at least one")

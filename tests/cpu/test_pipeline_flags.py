@@ -77,9 +77,11 @@ def test_pp_timeline_draws_a_real_dump(train, tmp_path: Path, capsys: pytest.Cap
     assert "<svg" in (tmp_path / "timeline.html").read_text()
 
 
-@pytest.mark.parametrize(("layers", "split"), [(4, [1, 3]), (6, [1, 2, 2, 1])], ids=["pp2", "pp2-vpp2"])
+@pytest.mark.parametrize(("layers", "split"), [(4, [1, 3]), (4, [0, 4]), (6, [1, 2, 2, 1])],
+                         ids=["pp2", "pp2-empty-first-stage", "pp2-vpp2"])
 def test_manual_split_trains_like_one_process(train, layers: int, split: list[int]) -> None:
-    """PP=2 with layers [1, 3] (no virtual stages), and PP=2 x VPP=2 with [1, 2, 2, 1] (rank 0 builds
+    """PP=2 with layers [1, 3] (no virtual stages), [0, 4] (rank 0 holds only the embedding: upstream's
+    layout builds an empty stage), and PP=2 x VPP=2 with [1, 2, 2, 1] (rank 0 builds
     1 then 2 layers, rank 1 builds 2 then 1; megatron's interleaved 1F1B): the same losses as one
     process from the same weights. On megatron-core 0.16.1 the list becomes upstream's
     pipeline_model_parallel_layout (the patch is retired there)."""
