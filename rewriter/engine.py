@@ -135,6 +135,7 @@ def apply_series(
     """
     series = [replace(p, edits=tuple(e.for_release(version) for e in p.edits)) for p in series]
     series = resolve_imports(series, releases, read_upstream, upstream_label, strict)
+    retired = upstream_features(series, read_upstream)
     by_file: dict[str, list[tuple[Patch, int, Edit]]] = {}
     for patch in series:
         for i, edit in enumerate(patch.edits):
@@ -143,16 +144,17 @@ def apply_series(
     files: dict[str, FileOutcome] = {}
     for path, edits in by_file.items():
         upstream = read_upstream(path)
-        key = _cache_key(path, upstream, edits, verify)
+        mine = {p.id: why for p, _, _ in edits if (why := retired.get(p.id))}
+        key = _cache_key(path, upstream, edits, verify, mine)
         hit = _cached_outcome(cache, key, path, upstream)
         if hit is not None:
             files[path] = hit
             continue
-        outcome = _apply_file(path, upstream, edits)
+        outcome = _apply_file(path, upstream, edits, retired=mine)
         files[path] = outcome
         if all(r.status in OK_STATUSES for r in outcome.reports):
             if verify:
-                _verify_stable(outcome, edits)
+                _verify_stable(outcome, edits, mine)
             cache.put(key, _outcome_to_json(outcome))
     result = SeriesResult(series=series, files=files)
     failures = result.failures()
@@ -161,8 +163,35 @@ def apply_series(
     return result
 
 
-def _cache_key(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]], verify: bool) -> str:
-    parts = [path, str(verify), "absent" if upstream is None else "file:" + upstream]
+def upstream_features(series: list[Patch], read_upstream: Callable[[str], str | None]) -> dict[str, str]:
+    """Patch id -> why, for each patch whose ``upstream.retired_when`` statement upstream has.
+
+    The statement is compared as Python (``ast``) with every simple statement of the file, at any
+    depth, so layout and comments do not matter.
+    """
+    import ast
+
+    found: dict[str, str] = {}
+    for patch in series:
+        if patch.retired_when is None:
+            continue
+        path, statement = patch.retired_when
+        text = read_upstream(path)
+        if text is None:
+            continue
+        wanted = ast.dump(ast.parse(statement).body[0])
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue  # the file's own edits report that it does not parse
+        if any(isinstance(node, ast.stmt) and ast.dump(node) == wanted for node in ast.walk(tree)):
+            found[patch.id] = f"upstream has the feature: {path} has `{statement}`"
+    return found
+
+
+def _cache_key(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]], verify: bool,
+               retired: dict[str, str]) -> str:
+    parts = [path, str(verify), "absent" if upstream is None else "file:" + upstream, repr(sorted(retired))]
     for patch, i, edit in edits:
         flags = repr([(f.name, f.type, f.default, f.choices, f.nullable, f.description) for f in patch.gating_flags])
         parts.append(f"{patch.id}\x1f{i}\x1f{flags}\x1f{edit.cache_token()}")
@@ -182,12 +211,13 @@ def _cached_outcome(cache: JsonCache, key: str, path: str, upstream: str | None)
 
 
 def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, Edit]],
-                created_by_series: bool = False) -> FileOutcome:
+                created_by_series: bool = False, retired: dict[str, str] | None = None) -> FileOutcome:
     """Apply ``edits`` to one file in order.
 
     ``created_by_series`` is set by the second pass for a file that an ``add_module`` or
     ``import_module`` edit of the series created: it exists now, possibly with later edits'
-    insertions, and that is expected.
+    insertions, and that is expected. The edits of ``retired`` patches (id -> why: upstream has
+    their feature) are not applied; each reports ``already-present``.
     """
     import libcst as cst
 
@@ -198,8 +228,11 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
 
     outcome = FileOutcome(path=path, upstream=upstream)
     text, module = upstream, None
+    retired = retired or {}
     for n, (patch, i, edit) in enumerate(edits):
-        if not edit.applies:
+        if patch.id in retired:
+            report = _report(patch, i, edit, Status.PRESENT.value, 0, retired[patch.id])
+        elif not edit.applies:
             report = _report(patch, i, edit, "not-applicable", 0, f"limited to releases {edit.releases}")
         elif edit.failure:
             report = _report(patch, i, edit, Status.MISSING.value, 0, edit.failure)
@@ -239,12 +272,12 @@ def _report(patch: Patch, i: int, edit: Edit, status: str, count: int, message: 
                       variant=edit.variant)
 
 
-def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -> None:
+def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]], retired: dict[str, str]) -> None:
     """Apply every edit again to the final text: each must be present, and nothing may change."""
     if not outcome.steps:
         return
     final = outcome.steps[-1][1]
-    second = _apply_file(outcome.path, final, edits, created_by_series=outcome.upstream is None)
+    second = _apply_file(outcome.path, final, edits, created_by_series=outcome.upstream is None, retired=retired)
     unstable = [r for r in second.reports if r.status not in ("already-present", "not-applicable")]
     changed = second.steps and second.steps[-1][1] != final
     if unstable or changed:

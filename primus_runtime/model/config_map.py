@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from primus_runtime.model import pipeline_split
 from primus_runtime.model.errors import ModelConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 _TRANSLATED = frozenset({
     "norm_epsilon", "apply_layernorm_1p", "swiglu", "num_experts", "group_query_attention", "num_query_groups",
     "moe_layer_freq", "bf16", "fp16", "num_layers_per_virtual_pipeline_stage", "rope_type", "ffn_hidden_size",
-    "bias_swiglu_fusion", "bias_gelu_fusion",
+    "bias_swiglu_fusion", "bias_gelu_fusion", pipeline_split.FLAG,
 })
 _REQUIRED = ("num_layers", "hidden_size", "num_attention_heads")
 _FREQ_TERM = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\](?:\s*\*\s*(\d+))?")
@@ -52,6 +53,15 @@ def transformer_config(params: Mapping[str, Any], *, fields_available: set[str] 
     kwargs.update((k, v) for k, v in params.items() if k in available and k not in _TRANSLATED)
     if params.get("rope_type") is not None and "rope_type" in installed:
         kwargs["rope_type"] = params["rope_type"]
+    if params.get(pipeline_split.FLAG) is not None:
+        kwargs.update(_manual_split(params, installed))
+    if kwargs.get("virtual_pipeline_model_parallel_size") and "batch_p2p_comm" not in params:
+        # the interleaved schedule sends activations forward and gradients backward in one call; with
+        # two pipeline ranks both go to the same peer, and batched isend/irecv (megatron-core's
+        # default) pairs them by posting order, which on gloo swaps activations and gradients (the
+        # losses drift from the second group of microbatches on). The unbatched path sends one
+        # direction over a second communicator. Numerics are unchanged: only the transport differs.
+        kwargs["batch_p2p_comm"] = False
     try:
         return cls(**kwargs)
     except (ValueError, AssertionError, TypeError, NotImplementedError) as exc:
@@ -137,6 +147,25 @@ def ffn_hidden_size(params: Mapping[str, Any]) -> int:
         return int(ffn)
     hidden = int(params["hidden_size"])
     return int(4 * hidden * 2 / 3 / 64) * 64 if params.get("swiglu") else 4 * hidden
+
+
+def _manual_split(params: Mapping[str, Any], installed: set[str]) -> dict[str, Any]:
+    """``decoder_pipeline_manual_split_list`` as the installed megatron-core takes it: upstream's own
+    ``pipeline_model_parallel_layout`` where it has one (0.16.1), else the patched field."""
+    split, pp = list(params[pipeline_split.FLAG]), int(params.get("pipeline_model_parallel_size", 1))
+    try:
+        vp = pipeline_split.virtual_size(split, int(params["num_layers"]), pp, params)
+    except pipeline_split.SplitError as exc:
+        raise ModelConfigError(str(exc)) from None
+    kwargs: dict[str, Any] = {"virtual_pipeline_model_parallel_size": vp if vp > 1 else None}
+    if "pipeline_model_parallel_layout" in installed:
+        kwargs["pipeline_model_parallel_layout"] = pipeline_split.layout(split, pp)
+    elif pipeline_split.FLAG in installed:
+        kwargs[pipeline_split.FLAG] = split
+    else:
+        raise ModelConfigError(f"{pipeline_split.FLAG} needs megatron-core's pipeline_model_parallel_layout "
+                               f"(0.13.1 and newer) or a primus-rewriter build with the {pipeline_split.FLAG} patch")
+    return kwargs
 
 
 def _virtual_pipeline_size(params: Mapping[str, Any]) -> int | None:

@@ -45,6 +45,7 @@ class ParallelConfig:
     expert_tensor_parallel_size: int | None
     context_parallel_size: int
     num_layers: int | None
+    decoder_pipeline_manual_split_list: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)

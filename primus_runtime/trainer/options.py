@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from primus_runtime.errors import ConfigError
+from primus_runtime.model import pipeline_split
 from primus_runtime.trainer.config import CheckpointConfig, ParallelConfig, ScheduleConfig, TrackerConfig
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -49,6 +50,14 @@ def parallel_layout(cfg: ParallelConfig, world: int) -> Layout:
                           f"data x context x tensor parallel ({dp} x {cp} x {tp})")
     vp = None
     per_virtual = cfg.num_layers_per_virtual_pipeline_stage
+    split = cfg.decoder_pipeline_manual_split_list
+    if split is not None:  # VPP from the split's length (spec M7)
+        try:
+            vp = pipeline_split.virtual_size(list(split), cfg.num_layers or 0, pp,
+                                             {"num_layers_per_virtual_pipeline_stage": per_virtual})
+        except pipeline_split.SplitError as exc:
+            raise ConfigError(str(exc)) from None
+        return Layout(world, tp, pp, vp if vp > 1 else None, cp, ep, etp, dp)
     if per_virtual is not None:
         layers = cfg.num_layers or 0
         if pp < 2 or not layers or layers % pp or (layers // pp) % per_virtual:

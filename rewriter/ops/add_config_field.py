@@ -22,7 +22,8 @@ from rewriter.ops.base import (
 )
 from rewriter.patchset.model import Flag
 
-_PY_TYPES = {"bool": "bool", "int": "int", "float": "float", "str": "str"}
+_PY_TYPES = {"bool": "bool", "int": "int", "float": "float", "str": "str", "list[int]": "list[int]",
+             "list[str]": "list[str]"}
 
 
 def field_lines(flag: Flag) -> str:
@@ -39,6 +40,8 @@ def field_lines(flag: Flag) -> str:
 
 def validation_code(flag: Flag, class_name: str) -> str:
     """The ``__post_init__`` check for one field, one ``if``/``elif`` statement: type, then choices."""
+    if flag.type.startswith("list["):
+        return _list_validation(flag, class_name)
     types = ["int", "float"] if flag.type == "float" else [_PY_TYPES[flag.type]]
     if flag.nullable:
         types.append("type(None)")
@@ -58,6 +61,20 @@ def validation_code(flag: Flag, class_name: str) -> str:
             f"got {{self.{flag.name}!r}}\")",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _list_validation(flag: Flag, class_name: str) -> str:
+    """A list field: a list whose every item has the element type (``bool`` is no ``int``), or None."""
+    item = flag.type[len("list["):-1]
+    bad_item = f"not isinstance(v, {item})" + (" or isinstance(v, bool)" if item == "int" else "")
+    ok = f"isinstance(self.{flag.name}, list) and not any({bad_item} for v in self.{flag.name})"
+    if flag.nullable:
+        ok = f"self.{flag.name} is None or ({ok})"
+    return (
+        f"if not ({ok}):\n"
+        f"    raise TypeError(f\"{class_name}.{flag.name} must be {flag.type}"
+        f"{' or None' if flag.nullable else ''}, got {{self.{flag.name}!r}}\")\n"
+    )
 
 
 class AddConfigFieldOp(FileOp):

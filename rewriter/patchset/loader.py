@@ -34,6 +34,7 @@ from rewriter.patchset.schema import (
     FLAG_TYPES,
     PATCH_KEYS,
     PLANNED_FLAG_KEYS,
+    RETIRED_WHEN_KEYS,
     SERIES_KEYS,
     UPSTREAM_KEYS,
     check_choice,
@@ -46,8 +47,11 @@ from rewriter.yamlio import LocatedDict, load_yaml
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 RUNTIME_MODULE_RE = re.compile(r"^primus_runtime(\.[a-z_][a-z0-9_]*)+$")
-#: flag types that add_config_field can declare as a dataclass field (see rewriter.ops.add_config_field)
-CONFIG_FIELD_TYPES = ("bool", "int", "float", "str")
+#: flag types that add_config_field can declare as a dataclass field (see rewriter.ops.add_config_field);
+#: a list-typed field must default to null (a dataclass field cannot default to a shared list)
+CONFIG_FIELD_TYPES = ("bool", "int", "float", "str", "list[int]", "list[str]")
+COMPOUND_STATEMENTS = (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.FunctionDef, ast.ClassDef,
+                       ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith)
 
 
 def load_patchsets(root: Path) -> Patchsets:
@@ -144,6 +148,7 @@ def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, t
     check_choice(origin, data, "implemented_in", ("core", "runtime"))
     upstream = check_mapping(origin, data["upstream"], UPSTREAM_KEYS, "upstream")
     check_choice(origin, upstream, "status", ("absent", "partial", "present"))
+    retired_when = _retired_when(origin, upstream)
     flags = tuple(_load_flag(origin, node, version, data["implemented_in"]) for node in data.get("flags", []))
     uses = _used_flags(origin, data, declared)
     if not flags and not uses:
@@ -183,7 +188,24 @@ def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, t
         path=patch_dir,
         content_hash=content_hash(files),
         uses_flags=uses,
+        retired_when=retired_when,
     )
+
+
+def _retired_when(origin: str, upstream: LocatedDict) -> tuple[str, str] | None:
+    """``upstream.retired_when``: a file of the upstream tree and one simple statement."""
+    if "retired_when" not in upstream:
+        return None
+    node = check_mapping(origin, upstream["retired_when"], RETIRED_WHEN_KEYS, "upstream.retired_when")
+    _check_inside(where(origin, node, "file"), "file", node["file"], "the upstream tree")
+    statement = node["statement"].strip()
+    loc = where(origin, node, "statement")
+    _check_python(loc, statement, "retired_when statement")
+    parsed = ast.parse(statement).body
+    if len(parsed) != 1 or isinstance(parsed[0], COMPOUND_STATEMENTS):
+        raise PatchsetError(f"{loc}: retired_when names one simple statement (a field, an assignment, an import), "
+                            f"got {statement!r}")
+    return node["file"], statement
 
 
 def _used_flags(origin: str, data: LocatedDict, declared: dict[str, tuple[str, Flag]]) -> tuple[Flag, ...]:
@@ -391,6 +413,11 @@ def _load_edit(
         raise PatchsetError(
             f"{where(origin, node, 'flag')}: add_config_field supports flags of type {', '.join(CONFIG_FIELD_TYPES)}; "
             f"flag {node['flag']!r} is {flags[node['flag']].type}"
+        )
+    if kind == "add_config_field" and flags[node["flag"]].type.startswith("list[") and flags[node["flag"]].default is not None:
+        raise PatchsetError(
+            f"{where(origin, node, 'flag')}: add_config_field makes a list-typed flag a field that defaults to null; "
+            f"flag {node['flag']!r} defaults to {flags[node['flag']].default!r}"
         )
     if kind in ("add_module", "import_module") and not node["file"].endswith(".py"):
         raise PatchsetError(f"{where(origin, node, 'file')}: {kind} creates a .py file, got {node['file']!r}")

@@ -126,6 +126,9 @@ class Patch:
     content_hash: str
     #: flags declared by earlier patches that this patch's edits are also gated by
     uses_flags: tuple[Flag, ...] = ()
+    #: ``upstream.retired_when``: (file, statement); where upstream's file has the statement,
+    #: upstream has the feature and the patch is retired (its edits are not applied)
+    retired_when: tuple[str, str] | None = None
 
     @property
     def flag_names(self) -> tuple[str, ...]:

@@ -40,6 +40,13 @@ PATCH_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
 UPSTREAM_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "status": ((str,), True),
     "note": ((str,), False),
+    "retired_when": ((dict,), False),
+}
+#: ``upstream.retired_when``: the statement whose presence in an upstream file means upstream has
+#: the feature (then every edit of the patch is already present and the patch is retired)
+RETIRED_WHEN_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "file": ((str,), True),
+    "statement": ((str,), True),
 }
 FLAG_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "name": ((str,), True),

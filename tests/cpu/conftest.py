@@ -48,11 +48,14 @@ class Trainer:
 
     def __call__(self, tree: str, nproc: int = 1, tag: str = "", model: str = "dense", tp: int = 1, pp: int = 1,
                  ep: int = 1, steps: int = 5, overrides: dict[str, Any] | None = None,
-                 from_start: bool = False) -> dict[str, Any]:
+                 from_start: bool = False, start_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One run; ``start_overrides`` (default: ``overrides``) are those of the common start's
+        one-process run, for overrides that only a parallel layout takes."""
         options = {**BASE, "train_iters": steps, "tensor_model_parallel_size": tp,
                    "pipeline_model_parallel_size": pp, "expert_model_parallel_size": ep, **(overrides or {})}
         if from_start:
-            options.update(load=str(self.start(tree, model, overrides or {})), finetune=True)
+            start = overrides if start_overrides is None else start_overrides
+            options.update(load=str(self.start(tree, model, start or {})), finetune=True)
         key = json.dumps([tree, nproc, tag, model, options], sort_keys=True)
         if key not in self.runs:
             self.runs[key] = self._train(tree, nproc, model, options)
@@ -87,7 +90,7 @@ class Trainer:
         return {"losses": [records[i]["loss"] for i in sorted(records)],
                 "grad_norms": [records[i]["grad_norm"] for i in sorted(records)], "world": nproc,
                 "mlp_classes": mlps.group(1).split(", ") if mlps else [],
-                "expert_classes": experts.group(1).split(", ") if experts else []}
+                "expert_classes": experts.group(1).split(", ") if experts else [], "exp_root": self.workdir / name}
 
     def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
         return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),

@@ -73,7 +73,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_ones(sample: Sample) 
     text = sample.edit_patch("  note: upstream", "  zzz: upstream")
     message = load_error(sample)
     assert message.startswith(at(text, "zzz:"))
-    assert "unknown key 'zzz' in upstream (known: status, note)" in message
+    assert "unknown key 'zzz' in upstream (known: status, note, retired_when)" in message
 
 
 @pytest.mark.parametrize(
@@ -343,12 +343,13 @@ def test_add_config_field_flag_must_be_declared(sample: Sample) -> None:
     assert "flag 'double_outptu' is not declared by this patch" in message
 
 
-def test_add_config_field_rejects_a_list_flag(sample: Sample) -> None:
-    """A list-typed flag cannot become a config field: said at load time, not as a crash while applying."""
+def test_add_config_field_rejects_a_list_flag_with_a_list_default(sample: Sample) -> None:
+    """A list-typed config field defaults to null (a dataclass field cannot default to a shared list):
+    said at load time, not as a crash while applying."""
     text = sample.edit_patch("    type: bool\n    default: false", "    type: list[int]\n    default: [1]")
     message = load_error(sample)
     assert message.startswith(at(text, "    flag: double_output"))
-    assert "add_config_field supports flags of type bool, int, float, str; flag 'double_output' is list[int]" in message
+    assert "add_config_field makes a list-typed flag a field that defaults to null; flag 'double_output' defaults to [1]" in message
 
 
 # -- through the CLI ---------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def test_cli_check_list_flag_config_field_exits_2_not_a_crash(
     sample.edit_patch("    type: bool\n    default: false", "    type: list[int]\n    default: [1]")
     sample.edit_patch("guard: config.double_output", "guard: config.double_output == [2]")
     assert main(sample.args("check")) == 2
-    one_error_line(capsys.readouterr().err, "patch.yaml:", "flag 'double_output' is list[int]")
+    one_error_line(capsys.readouterr().err, "patch.yaml:", "flag 'double_output' defaults to [1]")
 
 
 def test_cli_unknown_patchset_version_exits_2(sample: Sample, capsys: pytest.CaptureFixture[str]) -> None:
@@ -533,3 +534,34 @@ def test_planned_flag_may_not_repeat_a_patch_flag(sample: Sample) -> None:
     message = load_error(sample)
     assert message == (f"{at(text, '- name: double_output', SERIES)} planned flag 'double_output' is already "
                        "declared by patch 'double_output'")
+
+
+RETIRED_WHEN = """  retired_when:
+    file: megatron/core/transformer/config.py
+    statement: "num_layers: int = 2"
+"""
+
+
+def test_retired_when_is_loaded(sample: Sample) -> None:
+    sample.edit_patch("  note: upstream has nothing like it.\n", "  note: upstream has nothing like it.\n" + RETIRED_WHEN)
+    (patch,) = load_patchsets(sample.patchsets).series()
+    assert patch.retired_when == ("megatron/core/transformer/config.py", "num_layers: int = 2")
+
+
+@pytest.mark.parametrize(("statement", "expected"), [
+    ('"if x:"', "retired_when statement is not valid Python"),
+    ('"if x: pass"', "retired_when names one simple statement"),
+    ('"a = 1; b = 2"', "retired_when names one simple statement"),
+])
+def test_retired_when_needs_one_simple_statement(sample: Sample, statement: str, expected: str) -> None:
+    text = sample.edit_patch("  note: upstream has nothing like it.\n", "  note: upstream has nothing like it.\n"
+                             + RETIRED_WHEN.replace('"num_layers: int = 2"', statement))
+    message = load_error(sample)
+    assert message.startswith(at(text, "statement:")) and expected in message
+
+
+def test_retired_when_file_stays_in_the_tree(sample: Sample) -> None:
+    sample.edit_patch("  note: upstream has nothing like it.\n", "  note: upstream has nothing like it.\n"
+                      + RETIRED_WHEN.replace("megatron/core/transformer/config.py", "../outside.py"))
+    assert "leaves" in load_error(sample) or "outside" in load_error(sample)
+

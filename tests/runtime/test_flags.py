@@ -49,6 +49,14 @@ def test_flag_upstream_has_itself() -> None:
     assert "is upstream" in flags.problems(params, {}, DOCUMENTED, wheel(None, version="0.10.0"))[0]
 
 
+def test_manual_split_fits_an_upstream_with_the_layout() -> None:
+    """The runtime maps decoder_pipeline_manual_split_list onto pipeline_model_parallel_layout, which
+    megatron-core has had since 0.13.1 (0.10.0 has not; there only a patched build takes it)."""
+    params = {**defaults(), "decoder_pipeline_manual_split_list": [1, 3]}
+    assert flags.problems(params, {}, DOCUMENTED, wheel(None, version="0.16.1")) == []
+    assert "is upstream" in flags.problems(params, {}, DOCUMENTED, wheel(None, version="0.10.0"))[0]
+
+
 def test_flag_newer_than_the_wheel() -> None:
     params = {**defaults(), "moe_use_fused_router_with_aux_score": True}
     found = flags.problems(params, {"moe_use_fused_router_with_aux_score": HERE}, DOCUMENTED,

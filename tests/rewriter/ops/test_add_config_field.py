@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import warnings
 
 import pytest
@@ -340,3 +341,21 @@ def test_class_defined_in_both_branches_is_ambiguous():
         **config_edit(flag),
     )
     assert result.count == 2
+
+
+@pytest.mark.parametrize(("flag_type", "good", "bad"), [
+    ("list[int]", [1, 3], [[1, True], [1, "3"], (1, 3), 4]),
+    ("list[str]", ["a"], [["a", 1], "a"]),
+])
+def test_list_field_defaults_to_none_and_checks_every_item(flag_type: str, good: list, bad: list) -> None:
+    """A list-typed flag (``decoder_pipeline_manual_split_list``) is ``list[T] | None = None``; each item is
+    checked (a bool is not an int), and a tuple or a bare value is refused."""
+    flag = make_flag("split", flag_type, None, nullable=True)
+    text = run_op(AddConfigFieldOp, CONFIG, **config_edit(flag)).module.code
+    assert f"split: {flag_type} | None = None" in text
+    config_cls = load(text)["TransformerConfig"]
+    assert config_cls().split is None
+    assert config_cls(split=good).split == good
+    for value in bad:
+        with pytest.raises(TypeError, match=rf"split must be {re.escape(flag_type)} or None, got"):
+            config_cls(split=value)
