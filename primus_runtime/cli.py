@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=help_text, add_help=False)
         command.set_defaults(handler=_delegate(target, needs_megatron=True))
+    timeline = sub.add_parser("pp-timeline", add_help=False,
+                              help="Draw a dump_pp_data folder (HTML or PNG) and print its bubble fraction.")
+    timeline.set_defaults(handler=_delegate("primus_runtime.timeline.cli:main"))
     return parser
 
 

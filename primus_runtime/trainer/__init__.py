@@ -20,6 +20,7 @@ parts. One module per job, in the order a run uses them:
 - :mod:`.pp_warmup`     one synthetic step per pipeline stage before training (``pp_warmup``),
                         with :mod:`.rng` putting every random state back
 - :mod:`.step`          forward step and loss, one (timed) training step, evaluation
+- :mod:`.pp_data`       ``dump_pp_data``: each training step recorded, the schedule dump written at the end
 - :mod:`.metrics`       the iteration line, metrics.jsonl and :mod:`.trackers` (TensorBoard,
                         Weights & Biases, MLflow); :mod:`.flops` for TFLOP/s, :mod:`.report`
                         for the line's text and memory figures (``use_rocm_mem_info``)

@@ -3,8 +3,8 @@
 Each trainer option is read once, typed (:class:`.config.TrainerConfig`), by the part it
 changes: :class:`.checkpointer.Checkpointer` (saving, resuming, auto-continue, last saving),
 :class:`.metrics.Metrics` (the iteration line, metrics.jsonl, the trackers),
-:class:`.report.MemoryReport`, :class:`.evaluation.Evaluation`, :mod:`.pp_warmup` and
-:mod:`.profiler`; :mod:`.gemm_tuning` applies ``PRIMUS_HIPBLASLT_TUNING_STAGE`` first (stage 2
+:class:`.report.MemoryReport`, :class:`.evaluation.Evaluation`, :mod:`.pp_warmup`, :mod:`.pp_data`
+(``dump_pp_data``) and :mod:`.profiler`; :mod:`.gemm_tuning` applies ``PRIMUS_HIPBLASLT_TUNING_STAGE`` first (stage 2
 tunes and trains nothing). The process group, log files, trackers and metrics file are context managers
 on one ``ExitStack``: they are closed on every path out of the run, errors included.
 """
@@ -20,6 +20,7 @@ from primus_runtime.trainer import (
     gemm_tuning,
     logs,
     options,
+    pp_data,
     pp_warmup,
     process_group,
     profiler,
@@ -91,5 +92,8 @@ def run(exp: Experiment) -> int:
                     metrics.validation(state.iteration, evaluation.run(model.chunks, state))
                 checkpointer.after_step(state, model.chunks, optimizer, scheduler)
         checkpointer.finish(state, model.chunks, optimizer, scheduler)
+        dumped = pp_data.write(model.config, exp.exp_root, layout, batches, train_iters)
+        if dumped is not None:
+            log.info("dump_pp_data: wrote %s", dumped)
         log.info("training done: %d iterations", state.iteration)
     return 0

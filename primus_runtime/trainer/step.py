@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from primus_runtime.trainer import pp_data
 from primus_runtime.trainer.options import Batches
 
 
@@ -61,14 +62,16 @@ def train_step(chunks: list[Any], optimizer: Any, scheduler: Any, iterators: Any
                seq_length: int, device: torch.device) -> StepResult:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import get_model_config
 
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    outputs = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, device), data_iterator=iterators, model=chunks,
-        num_microbatches=batches.num_microbatches, seq_length=seq_length, micro_batch_size=batches.micro_batch,
-        decoder_seq_length=seq_length, forward_only=False)
+    with pp_data.iteration(get_model_config(chunks[0])):
+        outputs = get_forward_backward_func()(
+            forward_step_func=partial(forward_step, device), data_iterator=iterators, model=chunks,
+            num_microbatches=batches.num_microbatches, seq_length=seq_length,
+            micro_batch_size=batches.micro_batch, decoder_seq_length=seq_length, forward_only=False)
     updated, grad_norm, _ = optimizer.step()
     if updated:
         scheduler.step(increment=batches.global_batch)
