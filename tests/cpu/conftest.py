@@ -85,7 +85,7 @@ class Trainer:
         mlps = _MLP_LINE.search(log)
         return {"losses": [records[i]["loss"] for i in sorted(records)],
                 "grad_norms": [records[i]["grad_norm"] for i in sorted(records)], "world": nproc,
-                "mlp_classes": mlps.group(1).split(", ") if mlps else []}
+                "mlp_classes": mlps.group(1).split(", ") if mlps else [], "exp_root": self.workdir / name}
 
     def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
         return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
