@@ -9,6 +9,7 @@ the zero-bubble one runs every microbatch's F, B and W once per rank in exactly 
 replayed with unit costs its bubble is lower than 1F1B's — exactly ``(p-1)/(3m+p-1)`` against
 ``(p-1)/(m+p-1)``. The measured wall-clock fractions are printed beside them: on 2 shared CPU
 cores and a tiny model they are dominated by gloo and Python overheads, not by the schedule.
+With the flag off, PP=2 is upstream's bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 from primus_runtime.timeline import bubbles
 from primus_runtime.timeline.dump import load
-from tests.cpu.test_training import ok
+from tests.cpu.test_training import curves, ok
 from tests.runtime.test_pp_timeline import one_f_one_b
 from tests.runtime.test_zero_bubble_order import zb_h1
 
@@ -75,6 +76,13 @@ def test_zero_bubble_schedule_fills_the_cool_down_with_w(train, pp: int) -> None
     print(f"PP={pp}, {MICROBATCHES} microbatches: bubble fraction with unit costs ZB-H1 {zb_units:.3f} < "
           f"1F1B {plain_units:.3f}; measured on CPU (iterations 2..{STEPS}): ZB-H1 {zb_measured:.3f}, "
           f"1F1B {plain_measured:.3f}")
+
+
+def test_flag_off_pipeline_is_upstream_bit_for_bit(train) -> None:
+    """With the flag at its default, the patched 1F1B (and linear backward) is upstream's: PP=2
+    against the build without patches, losses and gradient norms bit for bit."""
+    options = dict(nproc=2, pp=2, steps=STEPS, overrides={"num_layers": 4})
+    assert curves(ok(train("patched", **options))) == curves(ok(train("upstream", **options)))
 
 
 def test_virtual_pipeline_stages_are_refused(train) -> None:
