@@ -227,9 +227,12 @@ def _module_text(module: str, read: Callable[[str], str | None]) -> tuple[str, s
 def _unresolved(module: str, name: str, read: Callable[[str], str | None]) -> str:
     """Why ``from module import name`` (or ``import module``) fails on this tree; "" if it resolves.
 
-    ``megatron`` itself has no ``__init__.py`` (a namespace package): only its submodules resolve.
+    ``megatron`` itself has no ``__init__.py`` (a namespace package): only its submodules resolve;
+    the same holds for a folder the series creates without one (``megatron/core/_primus``).
     """
     path, text, is_package = _module_text(module, read)
+    if text is None and name and _module_text(f"{module}.{name}", read)[1] is not None:
+        return ""
     if text is None and module != PACKAGE:
         return f"module {module} does not exist in this release"
     if not name:

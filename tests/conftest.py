@@ -32,7 +32,8 @@ from tests.procs import close_servers  # noqa: E402
 BUILD_CACHE = ROOT / "build" / "cache"
 
 #: test modules of multi-process training runs that do not mark themselves
-TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py", "tests/cpu/test_pipeline_flags.py")
+TRAINING_MODULES = ("tests/cpu/test_training.py", "tests/cpu/test_flags_training.py", "tests/cpu/test_pipeline_flags.py",
+                    "tests/cpu/test_zero_bubble.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from primus_runtime.errors import ConfigError
 from primus_runtime.trainer import fatal
 from primus_runtime.trainer.options import Layout, Schedule
 
@@ -108,6 +109,10 @@ def build_model(params: Mapping[str, Any], layout: Layout) -> Model:
             # keeps the fp32 main copy
             model = Float16Module(config, model)
         chunks.append(model)
+    if params.get("patch_zero_bubble") and params.get("overlap_grad_reduce"):
+        # the zero-bubble schedule's deferred weight gradients would miss a bucket reduced during B
+        raise ConfigError("patch_zero_bubble needs overlap_grad_reduce: false (gradients are reduced in "
+                          "finalize_model_grads, after the last weight-gradient pass)")
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=bool(params.get("accumulate_allreduce_grads_in_fp32")) or not (config.bf16 or config.fp16),
         overlap_grad_reduce=bool(params.get("overlap_grad_reduce")),

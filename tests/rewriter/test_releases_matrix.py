@@ -217,6 +217,18 @@ def _patched_block(sample: Sample, tmp_path: Path) -> str:
     return result.tree({"double_output"})[BLOCK]
 
 
+def test_imports_from_a_folder_without_init_resolve_through_its_modules() -> None:
+    """``from megatron.core._primus import pp_dump``: the series creates ``_primus/`` as a namespace
+    package (no ``__init__.py``); the import resolves where ``pp_dump.py`` exists, not otherwise."""
+    from rewriter.semantic import _unresolved
+
+    files = {"megatron/core/_primus/pp_dump.py": "def start():\n    pass\n"}
+    assert _unresolved("megatron.core._primus", "pp_dump", files.get) == ""
+    assert _unresolved("megatron.core._primus.pp_dump", "start", files.get) == ""
+    assert "does not exist" in _unresolved("megatron.core._primus", "zero_bubble", files.get)
+    assert "does not define it" in _unresolved("megatron.core._primus.pp_dump", "end", files.get)
+
+
 @pytest.mark.slow
 def test_matrix_fails_on_a_supported_release_and_is_cached(sample: Sample, tmp_path: Path, offline: None,
                                                           monkeypatch: pytest.MonkeyPatch,
