@@ -79,7 +79,8 @@ class Applied:
         return unified_diff(changes)
 
 
-def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True) -> Applied:
+def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True, strict: bool = True) -> Applied:
+    """Load, resolve and apply; ``strict=False`` keeps failed edits in the result (see ``apply_series``)."""
     with ui.task("loading patchsets"):
         patchsets = load_patchsets(paths.patchsets)
         ui.info(f"{len(patchsets.versions)} versions, {len(patchsets.series())} patches")
@@ -95,7 +96,7 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
         clean_leftovers(paths.build_cache, ui.info)
         cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
-                              releases=_release_resolver(pin, paths.upstream_cache, ui))
+                              releases=_release_resolver(pin, paths.upstream_cache, ui), strict=strict)
         for status in ("applied", "already-present"):
             n = sum(1 for r in result.reports if r.status == status)
             ui.info(f"{n} edits {status}")

@@ -89,6 +89,10 @@ class SeriesResult:
                 out[path] = text
         return out
 
+    def failures(self, patch_id: str) -> list[EditReport]:
+        """The patch's edits that did not apply (only a non-strict :func:`apply_series` keeps them)."""
+        return [r for r in self.reports if r.patch == patch_id and r.status not in OK_STATUSES]
+
     def patch_changes(self, patch_id: str) -> dict[str, tuple[str | None, str]]:
         """path -> (before, after) for what this one patch changed."""
         out: dict[str, tuple[str | None, str]] = {}
@@ -108,8 +112,12 @@ def apply_series(
     cache: JsonCache | None = None,
     verify: bool = True,
     releases: Callable[[str], ReleaseTree] | None = None,
+    strict: bool = True,
 ) -> SeriesResult:
     """Apply ``series`` in order; raise :class:`DriftError` listing every edit that failed.
+
+    With ``strict=False`` failed edits stay in the result's reports instead (what ``interdiff``
+    compares: a patch that no longer applies is a verdict there, not an error).
 
     ``releases`` resolves another upstream release by version, for ``import_module`` edits: their
     sources are read from it first (see :func:`rewriter.ops.import_module.resolve_imports`), and
@@ -137,7 +145,7 @@ def apply_series(
             cache.put(key, _outcome_to_json(outcome))
     result = SeriesResult(series=series, files=files)
     failures = [r for r in result.reports if r.status not in OK_STATUSES]
-    if failures:
+    if failures and strict:
         raise DriftError(_drift_message(failures, upstream_label))
     return result
 
