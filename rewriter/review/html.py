@@ -35,6 +35,7 @@ from rewriter.review.scopes import find, source_of, spans
 
 TEMPLATES = Path(__file__).parent / "templates"
 CONTEXT = 3
+LEAD = 40  # lines lexed before a shown run, for the lexer's context
 CSS_SCOPE = ".code"
 
 
@@ -67,9 +68,7 @@ def side_by_side(left: str, right: str, language: str, left_anchors: frozenset[i
     """Aligned rows of two texts; equal lines are folded except ``context`` lines around each
     change and the anchor lines (a reviewer always sees where an edit is anchored)."""
     a, b = left.splitlines(), right.splitlines()
-    ha, hb = highlighted_lines(left, language), highlighted_lines(right, language)
-    empty = Markup("")
-    rows: list[Row] = []
+    plan: list[tuple[str, int | None, int | None]] = []  # (kind, left index, right index)
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
             shown = [i for i in range(i1, i2)
@@ -78,22 +77,43 @@ def side_by_side(left: str, right: str, language: str, left_anchors: frozenset[i
             previous = i1 - 1
             for i in shown:
                 if i > previous + 1:
-                    rows.append(Row("skip", None, empty, None, empty))
-                j = j1 + i - i1
-                rows.append(Row("equal", i + 1, ha[i], j + 1, hb[j], i + 1 in left_anchors, j + 1 in right_anchors))
+                    plan.append(("skip", None, None))
+                plan.append(("equal", i, j1 + i - i1))
                 previous = i
             if previous < i2 - 1:
-                rows.append(Row("skip", None, empty, None, empty))
+                plan.append(("skip", None, None))
             continue
         for k in range(max(i2 - i1, j2 - j1)):
-            i, j = i1 + k, j1 + k
-            li = i if i < i2 else None
-            rj = j if j < j2 else None
-            rows.append(Row(tag,
-                            None if li is None else li + 1, empty if li is None else ha[li],
-                            None if rj is None else rj + 1, empty if rj is None else hb[rj],
-                            li is not None and li + 1 in left_anchors, rj is not None and rj + 1 in right_anchors))
-    return rows
+            plan.append((tag, i1 + k if i1 + k < i2 else None, j1 + k if j1 + k < j2 else None))
+    ha = _highlight_shown(a, {i for _, i, _ in plan if i is not None}, language)
+    hb = _highlight_shown(b, {j for _, _, j in plan if j is not None}, language)
+    empty = Markup("")
+    return [Row(kind,
+                None if i is None else i + 1, empty if i is None else ha[i],
+                None if j is None else j + 1, empty if j is None else hb[j],
+                i is not None and i + 1 in left_anchors, j is not None and j + 1 in right_anchors)
+            for kind, i, j in plan]
+
+
+def _highlight_shown(lines: list[str], shown: set[int], language: str) -> dict[int, Markup]:
+    """Highlighted HTML of the ``shown`` lines only.
+
+    Each run of shown lines is lexed with :data:`LEAD` lines before it for context: lexing a
+    2000-line file for every patch that touches it made a page take a minute. A run that starts
+    deep inside a long docstring may be coloured as code; the text is always exact.
+    """
+    out: dict[int, Markup] = {}
+    runs: list[list[int]] = []
+    for i in sorted(shown):
+        if runs and i - runs[-1][-1] <= LEAD:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        start = max(0, run[0] - LEAD)
+        window = highlighted_lines("\n".join(lines[start:run[-1] + 1]) + "\n", language)
+        out.update((i, window[i - start]) for i in run)
+    return out
 
 
 def anchor_lines(patch: Patch, path: str, text: str | None) -> frozenset[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,15 @@ class Span:
     def_line: int  # the ``def``/``class`` line itself
 
 
-def spans(text: str | None) -> list[Span]:
-    """Every function and class of ``text``, outermost first."""
+@lru_cache(maxsize=64)
+def spans(text: str | None) -> tuple[Span, ...]:
+    """Every function and class of ``text``, outermost first (cached: a comparison asks often)."""
     if not text:
-        return []
+        return ()
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return []
+        return ()
     out: list[Span] = []
 
     def visit(node: ast.AST, prefix: str) -> None:
@@ -41,26 +43,26 @@ def spans(text: str | None) -> list[Span]:
                 kind = "class" if isinstance(child, ast.ClassDef) else "function"
                 out.append(Span(name, kind, start, child.end_lineno or child.lineno, child.lineno))
                 visit(child, name + ".")
-            else:
-                visit(child, prefix)
+            elif isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+                visit(child, prefix)  # defs sit in statement bodies, never inside expressions
 
     visit(tree, "")
-    return out
+    return tuple(out)
 
 
-def enclosing(all_spans: list[Span], line: int, kind: str | None = None) -> Span | None:
+def enclosing(all_spans: tuple[Span, ...], line: int, kind: str | None = None) -> Span | None:
     """The innermost span (of ``kind``, if given) containing ``line``."""
     inside = [s for s in all_spans if s.start <= line <= s.end and (kind is None or s.kind == kind)]
     return max(inside, key=lambda s: s.start) if inside else None
 
 
-def scope_name(all_spans: list[Span], line: int) -> str:
+def scope_name(all_spans: tuple[Span, ...], line: int) -> str:
     """The qualified name around ``line``, or ``<module>``."""
     span = enclosing(all_spans, line)
     return span.qualname if span else "<module>"
 
 
-def find(all_spans: list[Span], qualname: str) -> Span | None:
+def find(all_spans: tuple[Span, ...], qualname: str) -> Span | None:
     return next((s for s in all_spans if s.qualname == qualname), None)
 
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from sample_upstream import BLOCK_PY, CONFIG_PY, Sample, git, one_error_line
+from sample_upstream import BLOCK_PY, CONFIG_PY, Sample, change_factor, commit_project, git, one_error_line
 
 from rewriter.cli import main
 from rewriter.engine import SeriesResult, apply_series
@@ -138,18 +138,6 @@ def test_cli_two_upstream_commits(sample: Sample, capsys: pytest.CaptureFixture[
     assert data["new"]["label"].startswith(f"megatron-core 0.1.1 ({sample.upstream.next_commit[:12]})")
 
 
-def commit_project(sample: Sample) -> None:
-    git(sample.root, "init", "-q", "-b", "main")
-    git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "add", "--all")
-    git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "the project")
-
-
-def change_factor(sample: Sample, factor: int, commit: bool) -> None:
-    sample.edit_patch("vars: {factor: 2}", f"vars: {{factor: {factor}}}")
-    if commit:
-        git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "factor")
-
-
 @pytest.mark.slow
 def test_cli_from_ref(sample: Sample, capsys: pytest.CaptureFixture[str]) -> None:
     commit_project(sample)
@@ -202,3 +190,18 @@ def test_html_page_is_self_contained(sample: Sample, tmp_path: Path, capsys: pyt
     assert "Multiply what scale() returns when the flag is on." in html  # the summary beside the code
     assert '&#34;status&#34;: &#34;applied&#34;' in html  # the manifest entry
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
+
+
+def test_side_by_side_folds_equal_lines_but_keeps_anchors() -> None:
+    from rewriter.review.html import side_by_side
+
+    left = "".join(f"line{i} = {i}\n" for i in range(20))
+    right = left.replace("line10 = 10\n", "line10 = 10\nadded = 1\n")
+    rows = side_by_side(left, right, "python", frozenset({2}), frozenset({2}))
+    shown = [(r.kind, r.left_no, r.right_no, r.right_anchor) for r in rows]
+    assert shown == [("skip", None, None, False), ("equal", 2, 2, True), ("skip", None, None, False),
+                     ("equal", 9, 9, False), ("equal", 10, 10, False), ("equal", 11, 11, False),
+                     ("insert", None, 12, False),
+                     ("equal", 12, 13, False), ("equal", 13, 14, False), ("equal", 14, 15, False),
+                     ("skip", None, None, False)]
+    assert 'class="n">added</span>' in rows[6].right
