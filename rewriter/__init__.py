@@ -2,7 +2,8 @@
 
 Data flow: :mod:`rewriter.upstream` (pinned source) + :mod:`rewriter.patchset` (YAML and
 templates) → :mod:`rewriter.engine` (libcst operations in :mod:`rewriter.ops`) →
-:mod:`rewriter.emit` (staging tree, wheel, diffs, manifest, docs).
+:mod:`rewriter.emit` (staging tree, wheel, diffs, manifest, docs); :mod:`rewriter.review` compares
+two such results (``interdiff``: two upstreams, or two revisions of the patchsets).
 
 The names in ``__all__`` are the public API, for tests, benchmarks and other tools; anything else
 (and every underscore name) may change without notice. They are imported on first use, so
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from rewriter.errors import ApplyError, DriftError, PatchsetError, RewriterError, UpstreamError
     from rewriter.patchset.loader import load_patchsets
     from rewriter.patchset.model import Edit, Flag, Patch, Patchsets, PatchsetVersion
+    from rewriter.review.html import render_html
+    from rewriter.review.interdiff import Interdiff, Side, compare
+    from rewriter.review.report import render_markdown
     from rewriter.ui import UI
     from rewriter.upstream import Pin, UpstreamTree, default_cache_dir, load_pin, resolve, resolve_release
 
@@ -38,16 +42,20 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ApplyError", "DriftError", "PatchsetError", "RewriterError", "UpstreamError"), "rewriter.errors"),
     "load_patchsets": "rewriter.patchset.loader",
     **dict.fromkeys(("Edit", "Flag", "Patch", "Patchsets", "PatchsetVersion"), "rewriter.patchset.model"),
+    "render_html": "rewriter.review.html",
+    **dict.fromkeys(("Interdiff", "Side", "compare"), "rewriter.review.interdiff"),
+    "render_markdown": "rewriter.review.report",
     "UI": "rewriter.ui",
     **dict.fromkeys(("Pin", "UpstreamTree", "default_cache_dir", "load_pin", "resolve", "resolve_release"),
                     "rewriter.upstream"),
 }
 
 __all__ = [
-    "Applied", "ApplyError", "DriftError", "Edit", "Flag", "Patch", "PatchsetError", "PatchsetVersion", "Patchsets",
-    "Paths", "Pin", "RewriterError", "SeriesResult", "UI", "Upstream", "UpstreamError", "UpstreamTree",
-    "apply_patchsets", "apply_series", "build", "build_manifest", "default_cache_dir", "load_patchsets", "load_pin",
-    "main", "render_patch_notes", "resolve", "resolve_release", "stage_version",
+    "Applied", "ApplyError", "DriftError", "Edit", "Flag", "Interdiff", "Patch", "PatchsetError", "PatchsetVersion",
+    "Patchsets", "Paths", "Pin", "RewriterError", "SeriesResult", "Side", "UI", "Upstream", "UpstreamError",
+    "UpstreamTree", "apply_patchsets", "apply_series", "build", "build_manifest", "compare", "default_cache_dir",
+    "load_patchsets", "load_pin", "main", "render_html", "render_markdown", "render_patch_notes", "resolve",
+    "resolve_release", "stage_version",
 ]
 
 
