@@ -91,7 +91,7 @@ class PatchInterdiff:
 
     def reasons(self) -> list[str]:
         """One line per thing a reviewer should know, in the order the verdict weighs them."""
-        out = [_failure_line(r) for r in self.failures]
+        out = [r.describe() for r in self.failures]
         if self.verdict == "newly retired":
             out.append("upstream now has every edit of this patch")
         out += [f"moved: {o.where} -> {n.where}" for o, n in self.moved]
@@ -129,16 +129,6 @@ class Interdiff:
 
     def counts(self) -> dict[str, int]:
         return {v: n for v in VERDICTS if (n := sum(1 for p in self.patches if p.verdict == v))}
-
-
-def _failure_line(r: EditReport) -> str:
-    where = f"{r.file}::{r.target}" if r.target else r.file
-    text = f"edits[{r.index}] ({r.op}) at {where}: {r.status}"
-    if r.message:
-        text += f": {r.message}"
-    if r.candidates:
-        text += f"; nearest: {', '.join(r.candidates)}"
-    return text
 
 
 def match(old: list[Hunk], new: list[Hunk]) -> tuple[list[tuple[Hunk, Hunk]], list[tuple[Hunk, Hunk]], list[Hunk], list[Hunk]]:
