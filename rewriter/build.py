@@ -27,10 +27,11 @@ from rewriter.emit.manifest import (
 )
 from rewriter.emit.staging import stage_tree
 from rewriter.emit.wheel import build_environment, build_wheel
-from rewriter.engine import SeriesResult, apply_series
-from rewriter.errors import EmitError
+from rewriter.engine import OK_STATUSES, SeriesResult, apply_series
+from rewriter.errors import DriftError, EmitError
 from rewriter.patchset.loader import load_patchsets
 from rewriter.patchset.model import Patchsets
+from rewriter.semantic import broken_message, check_series
 from rewriter.stale import clean_stale, owned_prefix
 from rewriter.ui import UI
 from rewriter.upstream import Pin, UpstreamTree, load_pin, resolve, resolve_release
@@ -79,8 +80,18 @@ class Applied:
         return unified_diff(changes)
 
 
-def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True, strict: bool = True) -> Applied:
-    """Load, resolve and apply; ``strict=False`` keeps failed edits in the result (see ``apply_series``)."""
+@dataclass(frozen=True)
+class Inputs:
+    """The loaded patchsets and the resolved upstream: what applying starts from."""
+
+    patchsets: Patchsets
+    tree: UpstreamTree
+    releases: Callable[[str], UpstreamTree]  # other releases, for import_module edits
+    cache: JsonCache  # the engine's (and the semantic check's) cache
+
+
+def load_inputs(paths: Paths, upstream: Upstream, ui: UI) -> Inputs:
+    """Load and validate the patchsets, resolve and verify the upstream tree."""
     with ui.task("loading patchsets"):
         patchsets = load_patchsets(paths.patchsets)
         ui.info(f"{len(patchsets.versions)} versions, {len(patchsets.series())} patches")
@@ -92,14 +103,26 @@ def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = Tru
             tree = resolve(upstream.sha or pin.pinned.commit, pin, paths.upstream_cache, upstream.repo,
                            upstream.sdist, ui.info, ui.warn)
         ui.info(tree.label)
+    clean_leftovers(paths.build_cache, ui.info)
+    cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
+    return Inputs(patchsets, tree, _release_resolver(pin, paths.upstream_cache, ui), cache)
+
+
+def apply_patchsets(paths: Paths, upstream: Upstream, ui: UI, verify: bool = True) -> Applied:
+    """Apply every patchset version to the upstream; any drift or broken result raises."""
+    inputs = load_inputs(paths, upstream, ui)
+    patchsets, tree, cache = inputs.patchsets, inputs.tree, inputs.cache
     with ui.task("applying patches"):
-        clean_leftovers(paths.build_cache, ui.info)
-        cache = JsonCache(paths.build_cache / "engine" if paths.build_cache else None, ui.warn)
         result = apply_series(patchsets.series(), tree.read, tree.label, cache, verify=verify,
-                              releases=_release_resolver(pin, paths.upstream_cache, ui), strict=strict)
-        for status in ("applied", "already-present"):
+                              releases=inputs.releases, version=tree.version)
+        for status in OK_STATUSES:
             n = sum(1 for r in result.reports if r.status == status)
-            ui.info(f"{n} edits {status}")
+            if n or status != "not-applicable":
+                ui.info(f"{n} edits {status}")
+    with ui.task("checking the patched code (compiles, names resolve on this release)"):
+        problems = check_series(result, tree.read, tree.digest, cache)
+        if problems:
+            raise DriftError(broken_message(problems, tree.label))
     return Applied(patchsets, tree, result)
 
 

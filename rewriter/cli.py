@@ -1,4 +1,4 @@
-"""Command line: ``build``, ``diff``, ``check``, ``interdiff``, ``docs``.
+"""Command line: ``build``, ``diff``, ``check``, ``interdiff``, ``docs``, ``releases``, ``matrix``.
 
 Each command is a function returning an exit code; :func:`main` dispatches from a table and
 turns a :class:`RewriterError` into one line on stderr and its exit code (see
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rewriter.errors import PatchsetError, RewriterError, StaleError, UsageError
+from rewriter.errors import DriftError, PatchsetError, RewriterError, StaleError, UsageError
 from rewriter.flavors import FLAVORS
 from rewriter.ui import UI
 
@@ -82,20 +82,32 @@ def cmd_diff(args: argparse.Namespace, ui: UI) -> int:
 
 
 def cmd_check(args: argparse.Namespace, ui: UI) -> int:
-    from rewriter.build import apply_patchsets
+    """Every patch's verdict on one upstream (a column of ``matrix``); exit 4 if any fails."""
+    from rewriter.build import load_inputs
+    from rewriter.matrix import PASSING, apply_to_release
 
-    applied = apply_patchsets(_paths(args), _upstream(args), ui)
-    for patch in applied.patchsets.series():
-        print(f"{patch.version}  {patch.id:40s} {applied.result.patch_status(patch)}")
+    inputs = load_inputs(_paths(args), _upstream(args), ui)
+    with ui.task("applying patches and checking the result"):
+        verdicts, _ = apply_to_release(inputs.patchsets.series(), inputs.tree, inputs.releases, inputs.cache)
+    failing = [v for v in verdicts if v.verdict not in PASSING]
+    for v in verdicts:
+        print(f"{v.version}  {v.patch:40s} {v.verdict}" + (f"  {v.reason}" if v in failing else ""))
+    if failing:
+        raise DriftError(
+            f"{len(failing)} patch(es) do not build on upstream {inputs.tree.label}: "
+            + "; ".join(f"{v.patch}: {v.verdict}: {v.reason}" for v in failing)
+            + ". Fix the anchor, limit the edit to the releases it fits (`releases:`) or give a variant "
+            "(docs/patchset-format.md)."
+        )
     return 0
 
 
 def cmd_interdiff(args: argparse.Namespace, ui: UI) -> int:
     """Compare the generated change per patch: two upstreams, or this repository at a ref and now."""
-    from rewriter.build import apply_patchsets
     from rewriter.review.interdiff import compare
     from rewriter.review.report import RENDERERS
     from rewriter.review.sides import (
+        apply_side,
         generated_diff,
         ref_checkout,
         ref_paths,
@@ -109,24 +121,24 @@ def cmd_interdiff(args: argparse.Namespace, ui: UI) -> int:
         if args.from_upstream or args.to_upstream:
             raise UsageError("--from-ref compares two revisions of the patchsets; do not combine it with --from-upstream/--to-upstream")
         upstream = _upstream(args)
-        new = apply_patchsets(paths, upstream, ui, strict=False)
+        new = apply_side(paths, upstream, ui)
         new_side = side(new, args.patchset, "work tree")
         with ref_checkout(Path(args.root), args.from_ref, ui.info) as (checkout, sha):
-            old = apply_patchsets(ref_paths(paths, Path(args.root), checkout), upstream, ui, strict=False)
-        names = old.patchsets.names()
+            old = apply_side(ref_paths(paths, Path(args.root), checkout), upstream, ui)
+        names = old.applied.patchsets.names()
         old_version = new_side.version if new_side.version in names else names[-1]
         old_side = side(old, old_version, f"{args.from_ref} ({sha[:12]})")
-        generated = generated_diff(old, old_version, new, new_side.version)
+        generated = generated_diff(old.applied, old_version, new.applied, new_side.version)
         diff = compare("ref", old_side, new_side, generated)
     else:
         if not (args.from_upstream and args.to_upstream):
             raise UsageError("interdiff needs --from-upstream A --to-upstream B, or --from-ref REF")
         if args.upstream or args.upstream_release:
             raise UsageError("--from-upstream/--to-upstream name both upstreams; drop --upstream/--upstream-release")
-        before = apply_patchsets(paths, upstream_of(args.from_upstream, paths.pin, args.upstream_repo), ui, strict=False)
-        after = apply_patchsets(paths, upstream_of(args.to_upstream, paths.pin, args.upstream_repo), ui, strict=False)
-        diff = compare("upstream", side(before, args.patchset, release_label(before)),
-                       side(after, args.patchset, release_label(after)))
+        before = apply_side(paths, upstream_of(args.from_upstream, paths.pin, args.upstream_repo), ui)
+        after = apply_side(paths, upstream_of(args.to_upstream, paths.pin, args.upstream_repo), ui)
+        diff = compare("upstream", side(before, args.patchset, release_label(before.applied)),
+                       side(after, args.patchset, release_label(after.applied)))
     if args.html:
         from rewriter.review.html import write_html
 
@@ -138,16 +150,71 @@ def cmd_interdiff(args: argparse.Namespace, ui: UI) -> int:
 
 def cmd_docs(args: argparse.Namespace, ui: UI) -> int:
     from rewriter.emit.docs import documents, stale, write
+    from rewriter.matrix import stale_doc
     from rewriter.patchset.loader import load_patchsets
+    from rewriter.upstream import load_pin
 
+    paths = _paths(args)
     with ui.task("rendering patch notes, the flag registry and the operations table"):
-        docs = documents(load_patchsets(_paths(args).patchsets), Path(args.root))
+        patchsets = load_patchsets(paths.patchsets)
+        docs = documents(patchsets, Path(args.root))
         if not args.check:
             write(docs)
     old = stale(docs)
     if old:
         raise StaleError("; ".join(f"{path} is stale" for path in old)
                          + ": run `python -m rewriter docs` and commit the result")
+    matrix = stale_doc(Path(args.root), patchsets, load_pin(paths.pin)) if paths.pin.is_file() else ""
+    if matrix:
+        raise StaleError(matrix)
+    return 0
+
+
+def cmd_releases(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.releases import add_release, format_rows, release_rows
+    from rewriter.upstream import load_pin
+
+    paths = _paths(args)
+    if args.action == "add":
+        with ui.task(f"adding megatron-core {args.version} to {paths.pin}"):
+            added = add_release(paths.pin, paths.upstream_cache, args.version, args.commit, args.tag,
+                                Path(args.sdist) if args.sdist else None, args.supported, ui.info)
+        r = added.release
+        state = "added" if added.new else "already listed, verified"
+        print(f"{r.version} {state}: tag {r.tag}, commit {r.commit or 'not recorded'}, sdist sha256 {r.sdist_sha256}, "
+              f"source {r.source_digest}")
+        return 0
+    sys.stdout.write(format_rows(release_rows(load_pin(paths.pin), paths.upstream_cache)))
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace, ui: UI) -> int:
+    from rewriter.cache import JsonCache
+    from rewriter.matrix import failing_supported, release_matrix, to_json, to_markdown, write_docs
+    from rewriter.patchset.loader import load_patchsets
+    from rewriter.upstream import load_pin
+
+    paths = _paths(args)
+    patchsets = load_patchsets(paths.patchsets)
+    version = args.patchset or patchsets.newest()
+    if version not in patchsets.names():
+        raise PatchsetError(f"unknown patchset version {version!r} (known: {', '.join(patchsets.names())})")
+    pin = load_pin(paths.pin)
+    versions = args.releases.split(",") if args.releases else [r.version for r in pin.every_release]
+    unknown = [v for v in versions if pin.find(v) is None]
+    if unknown:
+        raise UsageError(f"--releases: {', '.join(unknown)} not in {paths.pin}; add with `python -m rewriter releases add VERSION`")
+    cache = JsonCache(paths.build_cache / "matrix" if paths.build_cache else None, ui.warn)
+    with ui.task(f"applying {version} to {len(versions)} release(s)"):
+        columns = release_matrix(patchsets, version, pin, versions, paths.upstream_cache, cache, ui.info, ui.warn)
+    if args.write_docs:
+        print(write_docs(Path(args.root), patchsets, version, pin, versions, columns))
+    else:
+        sys.stdout.write(to_json(version, columns) if args.format == "json" else to_markdown(version, columns))
+    failing = failing_supported(columns)
+    if failing:
+        raise DriftError(f"supported release(s) {', '.join(failing)} do not build with {version}; see the matrix "
+                         "(supported: true in the pin file)")
     return 0
 
 
@@ -157,6 +224,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, UI], int]] = {
     "check": cmd_check,
     "interdiff": cmd_interdiff,
     "docs": cmd_docs,
+    "releases": cmd_releases,
+    "matrix": cmd_matrix,
 }
 
 
@@ -205,6 +274,20 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--html", metavar="OUT", help="also write a self-contained HTML review page")
     docs = sub.add_parser("docs", parents=[common], help="render docs/patch-notes.md, configs/flags.yaml and the operations table")
     docs.add_argument("--check", action="store_true", help="fail if any of them is stale")
+    rel = sub.add_parser("releases", help="list the upstream releases of the pin file, or add one")
+    actions = rel.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[common], help="every release: kind, supported, tag, commit, cached here")
+    add = actions.add_parser("add", parents=[common], help="download a release's sdist and record it in the pin file")
+    add.add_argument("version", help="the PyPI version, e.g. 0.15.3")
+    add.add_argument("--commit", metavar="SHA", help="the full git sha of the release's tag (then --upstream SHA builds it)")
+    add.add_argument("--tag", help="the release's git tag (default: core_vVERSION)")
+    add.add_argument("--sdist", metavar="PATH", help="use this sdist instead of downloading it")
+    add.add_argument("--supported", action="store_true", help="mark it supported: `matrix` fails when it does not build")
+    m = sub.add_parser("matrix", parents=[common], help="every patch x release with its verdict and reason")
+    m.add_argument("--releases", metavar="V1,V2", help="comma-separated releases (default: every release of the pin file)")
+    m.add_argument("--patchset", metavar="VERSION", help="patchset version (default: newest)")
+    m.add_argument("--format", choices=("md", "json"), default="md")
+    m.add_argument("--write-docs", action="store_true", help="write the table into docs/release-matrix.md")
     return p
 
 

@@ -12,7 +12,7 @@ unchanged rebuild neither imports nor runs libcst.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from rewriter.cache import JsonCache, cache_key
@@ -20,7 +20,8 @@ from rewriter.errors import ApplyError, DriftError
 from rewriter.ops.import_module import ReleaseTree, resolve_imports
 from rewriter.patchset.model import Edit, Patch
 
-OK_STATUSES = ("applied", "already-present")
+#: ``not-applicable``: the edit is limited to other upstream releases (its ``releases`` range)
+OK_STATUSES = ("applied", "already-present", "not-applicable")
 #: operations that create a file rather than edit a parsed one
 NEW_FILE_OPS = ("add_module", "import_module")
 
@@ -40,6 +41,8 @@ class EditReport:
     message: str = ""
     candidates: tuple[str, ...] = ()
     source: str = ""
+    #: which form of the edit ran: ``default`` or ``variants[<n>]`` (see ``Edit.for_release``)
+    variant: str = "default"
 
     def describe(self) -> str:
         """``edits[i] (op) at file::target: status: message; nearest: …``, for messages and reviews."""
@@ -75,11 +78,20 @@ class SeriesResult:
         return [r for f in self.files.values() for r in f.reports]
 
     def patch_status(self, patch: Patch) -> str:
-        """``applied``, ``retired`` (upstream already has every edit) or ``runtime``."""
+        """``applied``, ``retired`` (upstream already has every edit that targets this release), or
+        ``runtime``; a failing edit's status (``anchor-missing``, ``ambiguous``) when the series
+        was applied with ``strict=False``."""
         if patch.implemented_in == "runtime":
             return "runtime"
         statuses = {r.status for r in self.reports if r.patch == patch.id}
-        return "retired" if statuses == {"already-present"} else "applied"
+        failed = sorted(statuses - set(OK_STATUSES))
+        if failed:
+            return failed[0]
+        return "retired" if statuses <= {"already-present", "not-applicable"} else "applied"
+
+    def failures(self) -> list[EditReport]:
+        """The edits that did not apply (empty unless applied with ``strict=False``)."""
+        return [r for r in self.reports if r.status not in OK_STATUSES]
 
     def text_after(self, path: str, patch_ids: set[str]) -> str | None:
         """The file's text once every patch in ``patch_ids`` (a series prefix) is applied."""
@@ -98,10 +110,6 @@ class SeriesResult:
             if text is not None and text != outcome.upstream:
                 out[path] = text
         return out
-
-    def failures(self, patch_id: str) -> list[EditReport]:
-        """The patch's edits that did not apply (only a non-strict :func:`apply_series` keeps them)."""
-        return [r for r in self.reports if r.patch == patch_id and r.status not in OK_STATUSES]
 
     def patch_changes(self, patch_id: str) -> dict[str, tuple[str | None, str]]:
         """path -> (before, after) for what this one patch changed."""
@@ -122,18 +130,21 @@ def apply_series(
     cache: JsonCache | None = None,
     verify: bool = True,
     releases: Callable[[str], ReleaseTree] | None = None,
+    version: str | None = None,
     strict: bool = True,
 ) -> SeriesResult:
     """Apply ``series`` in order; raise :class:`DriftError` listing every edit that failed.
 
-    With ``strict=False`` failed edits stay in the result's reports instead (what ``interdiff``
-    compares: a patch that no longer applies is a verdict there, not an error).
-
-    ``releases`` resolves another upstream release by version, for ``import_module`` edits: their
-    sources are read from it first (see :func:`rewriter.ops.import_module.resolve_imports`), and
-    the result's ``series`` carries those resolved edits (with source and release digests).
+    ``version`` is the upstream release (``megatron.core`` version): each edit runs in its form
+    for that release (``Edit.for_release``), and edits limited to other releases are reported
+    ``not-applicable``. ``releases`` resolves another upstream release by version, for
+    ``import_module`` edits: their sources are read from it first (see
+    :func:`rewriter.ops.import_module.resolve_imports`), and the result's ``series`` carries
+    those resolved edits (with source and release digests). With ``strict=False`` failing edits
+    are only reported (``SeriesResult.failures``): what ``matrix`` needs, one verdict per patch.
     """
-    series = resolve_imports(series, releases, read_upstream, upstream_label)
+    series = [replace(p, edits=tuple(e.for_release(version) for e in p.edits)) for p in series]
+    series = resolve_imports(series, releases, read_upstream, upstream_label, strict)
     by_file: dict[str, list[tuple[Patch, int, Edit]]] = {}
     for patch in series:
         for i, edit in enumerate(patch.edits):
@@ -154,7 +165,7 @@ def apply_series(
                 _verify_stable(outcome, edits)
             cache.put(key, _outcome_to_json(outcome))
     result = SeriesResult(series=series, files=files)
-    failures = [r for r in result.reports if r.status not in OK_STATUSES]
+    failures = result.failures()
     if failures and strict:
         raise DriftError(_drift_message(failures, upstream_label))
     return result
@@ -198,7 +209,11 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
     outcome = FileOutcome(path=path, upstream=upstream)
     text, module = upstream, None
     for n, (patch, i, edit) in enumerate(edits):
-        if edit.op in NEW_FILE_OPS and created_by_series:
+        if not edit.applies:
+            report = _report(patch, i, edit, "not-applicable", 0, f"limited to releases {edit.releases}")
+        elif edit.failure:
+            report = _report(patch, i, edit, Status.MISSING.value, 0, edit.failure)
+        elif edit.op in NEW_FILE_OPS and created_by_series:
             report = _report(patch, i, edit, Status.PRESENT.value, 1)
         elif edit.op in NEW_FILE_OPS:
             new_text: str | None
@@ -230,7 +245,8 @@ def _apply_file(path: str, upstream: str | None, edits: list[tuple[Patch, int, E
 def _report(patch: Patch, i: int, edit: Edit, status: str, count: int, message: str = "",
             candidates: tuple[str, ...] = ()) -> EditReport:
     return EditReport(patch=patch.id, index=i, op=edit.op, file=edit.file, target=edit.target, status=status,
-                      count=count, expect=edit.expect, message=message, candidates=tuple(candidates), source=edit.source)
+                      count=count, expect=edit.expect, message=message, candidates=tuple(candidates), source=edit.source,
+                      variant=edit.variant)
 
 
 def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -> None:
@@ -239,7 +255,7 @@ def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -
         return
     final = outcome.steps[-1][1]
     second = _apply_file(outcome.path, final, edits, created_by_series=outcome.upstream is None)
-    unstable = [r for r in second.reports if r.status != "already-present"]
+    unstable = [r for r in second.reports if r.status not in ("already-present", "not-applicable")]
     changed = second.steps and second.steps[-1][1] != final
     if unstable or changed:
         what = ", ".join(f"{r.patch} edits[{r.index}] ({r.op}) -> {r.status}" for r in unstable) or "text changed"

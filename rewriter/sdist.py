@@ -85,10 +85,14 @@ def project_files(page: bytes, content_type: str, base: str) -> dict[str, tuple[
     return files
 
 
-def fetch_sdist(package: str, version: str, sha256: str, target: Path,
+def fetch_sdist(package: str, version: str, sha256: str | None, target: Path,
                 log: Callable[[str], None] = lambda _m: None,
                 get: Callable[[str, str], tuple[bytes, str, str]] | None = None) -> Path:
-    """Download ``package==version``'s sdist to ``target``, verified against ``sha256``."""
+    """Download ``package==version``'s sdist to ``target``, verified against ``sha256``.
+
+    ``sha256=None`` is for a release not yet in the pin (``releases add``): the download is then
+    checked against the sha256 the index states, where it states one.
+    """
     get = get or http_get
     index = index_url()
     page_url = index.rstrip("/") + "/" + _normalize(package) + "/"
@@ -103,7 +107,8 @@ def fetch_sdist(package: str, version: str, sha256: str, target: Path,
                 f"{where} lists no sdist of {package}=={version} ({len(files)} files); "
                 "check PIP_INDEX_URL, or pass --sdist PATH"
             )
-        url = files[name][0]
+        url, stated = files[name]
+        expected = sha256 or stated
         log(f"downloading {name} from {_public(url)}")
         data, _, _ = get(url, "application/octet-stream, */*")
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
@@ -113,10 +118,11 @@ def fetch_sdist(package: str, version: str, sha256: str, target: Path,
             "or pass --sdist PATH"
         ) from exc
     actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
+    if expected is not None and actual != expected:
+        who = "the pin file expects" if sha256 else "the index states"
         raise UpstreamError(
-            f"digest mismatch: the sdist downloaded from {_public(url)} has sha256 {actual}, the pin file expects "
-            f"{sha256} for {package}=={version}"
+            f"digest mismatch: the sdist downloaded from {_public(url)} has sha256 {actual}, {who} "
+            f"{expected} for {package}=={version}"
         )
     atomic_write_bytes(target, data)
     return target

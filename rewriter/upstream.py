@@ -47,6 +47,8 @@ class Release:
     commit: str  # "" for a testbed release whose commit the pin does not record
     sdist_sha256: str
     source_digest: str
+    #: a release the patchsets must build on: ``matrix`` fails when one of its patches does not
+    supported: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,19 @@ class Pin:
     releases: tuple[Release, ...]
     files: tuple[str, ...]
     testbed: tuple[Release, ...] = ()
+
+    @property
+    def every_release(self) -> tuple[Release, ...]:
+        """Releases with a recorded commit, then the testbed, each oldest first."""
+        return (*_by_version(self.releases), *_by_version(self.testbed))
+
+    def find(self, version: str) -> Release | None:
+        """The release (pinned, recorded or testbed) of this PyPI version."""
+        return next((r for r in (*self.releases, *self.testbed) if r.version == version), None)
+
+    def is_supported(self, release: Release) -> bool:
+        """The pinned release always is; others when the pin file says ``supported: true``."""
+        return release.supported or release.version == self.pinned.version
 
     def release_for(self, sha: str) -> Release | None:
         matches = [r for r in self.releases if r.commit.startswith(sha)]
@@ -90,16 +105,30 @@ class UpstreamTree:
         return f"{self.repository}@{at} ({self.tag or self.version}, from {self.origin})"
 
 
+def _by_version(releases: tuple[Release, ...]) -> tuple[Release, ...]:
+    from packaging.version import InvalidVersion, Version
+
+    def key(r: Release) -> tuple[int, Version | str]:
+        try:
+            return (0, Version(r.version))
+        except InvalidVersion:
+            return (1, r.version)
+
+    return tuple(sorted(releases, key=key))
+
+
 def load_pin(path: Path) -> Pin:
     data = load_yaml(path)
     try:
         releases = tuple(
-            Release(str(r["version"]), r["tag"], r["commit"], r["sdist_sha256"], r["source_digest"])
+            Release(str(r["version"]), r["tag"], r["commit"], r["sdist_sha256"], r["source_digest"],
+                    bool(r.get("supported", False)))
             for r in data["releases"]
         )
         testbed = tuple(
-            Release(str(r["version"]), r["tag"], "", r["sdist_sha256"], r["source_digest"])
-            for r in data.get("testbed", [])
+            Release(str(r["version"]), r["tag"], "", r["sdist_sha256"], r["source_digest"],
+                    bool(r.get("supported", False)))
+            for r in data.get("testbed") or []
         )
         pinned = next(r for r in releases if r.version == str(data["pinned"]))
         return Pin(data["repository"], data["package"], pinned, releases, tuple(data["files"]), testbed)
@@ -157,10 +186,11 @@ def resolve_release(
     warn: Callable[[str], None] | None = None,
 ) -> UpstreamTree:
     """A release by its PyPI version (pinned or testbed), from its verified sdist."""
-    release = next((r for r in (*pin.releases, *pin.testbed) if r.version == version), None)
+    release = pin.find(version)
     if release is None:
-        known = ", ".join(r.version for r in (*pin.releases, *pin.testbed))
-        raise UpstreamError(f"unknown upstream release {version!r} (the pin file lists: {known})")
+        known = ", ".join(r.version for r in pin.every_release)
+        raise UpstreamError(f"unknown upstream release {version!r} (the pin file lists: {known}); "
+                            f"add it with `python -m rewriter releases add {version}`")
     return _from_pypi(release, pin, cache_dir, sdist, log, warn or log)
 
 
@@ -284,14 +314,14 @@ def _package_version(root: Path) -> str:
 def _from_pypi(release: Release, pin: Pin, cache_dir: Path, sdist: Path | None, log: Callable[[str], None],
                warn: Callable[[str], None]) -> UpstreamTree:
     with folder_lock(cache_dir, log):
-        tree_dir = cache_dir / "pypi" / f"{pin.package}-{release.version}"
+        tree_dir = imported_tree_dir(cache_dir, pin.package, release.version)
         clean_stale(tree_dir.parent, (".import-", ".trash-"), log)
         if tree_dir.exists() and not _imported_tree_usable(tree_dir, warn):
             discard(tree_dir)
         if not tree_dir.exists():
-            archive = _verified_sdist(pin.package, release, cache_dir / "sdist", sdist, log, warn)
+            archive = _verified_sdist(pin.package, release, cache_dir, sdist, log, warn)
             log(f"importing {archive.name} into {tree_dir}")
-            _import_sdist(archive, tree_dir, pin, release)
+            import_sdist(archive, tree_dir, pin, release)
     files = source_files(tree_dir, pin.files)
     digest = source_digest(tree_dir, files)
     if digest != release.source_digest:
@@ -318,7 +348,17 @@ def _imported_tree_usable(tree_dir: Path, warn: Callable[[str], None]) -> bool:
     return True
 
 
-def _verified_sdist(package: str, release: Release, cache: Path, given: Path | None, log: Callable[[str], None],
+def imported_tree_dir(cache_dir: Path, package: str, version: str) -> Path:
+    """Where a release's sdist is imported as a git repository."""
+    return cache_dir / "pypi" / f"{package}-{version}"
+
+
+def cached_sdist(cache_dir: Path, package: str, version: str) -> Path:
+    """Where a release's verified sdist is kept."""
+    return cache_dir / "sdist" / f"{package.replace('-', '_')}-{version}.tar.gz"
+
+
+def _verified_sdist(package: str, release: Release, cache_dir: Path, given: Path | None, log: Callable[[str], None],
                     warn: Callable[[str], None]) -> Path:
     """The release's sdist with the pinned sha256: ``--sdist``, else the cached one, else downloaded."""
     if given is not None:
@@ -331,8 +371,8 @@ def _verified_sdist(package: str, release: Release, cache: Path, given: Path | N
                 f"for {package}=={release.version}"
             )
         return given
-    target = cache / f"{package.replace('-', '_')}-{release.version}.tar.gz"
-    clean_stale(cache, (".tmp-",), log)
+    target = cached_sdist(cache_dir, package, release.version)
+    clean_stale(target.parent, (".tmp-",), log)
     if target.is_file():
         actual = sha256_file(target)
         if actual == release.sdist_sha256:
@@ -343,7 +383,7 @@ def _verified_sdist(package: str, release: Release, cache: Path, given: Path | N
     return fetch_sdist(package, release.version, release.sdist_sha256, target, log)
 
 
-def _import_sdist(archive: Path, tree_dir: Path, pin: Pin, release: Release) -> None:
+def import_sdist(archive: Path, tree_dir: Path, pin: Pin, release: Release) -> None:
     """Unpack the sdist's source files into a new git repository, committed at a fixed date."""
     import git
 

@@ -80,7 +80,8 @@ def patch_entry(patch: Patch, result: SeriesResult) -> dict[str, Any]:
         "upstream_status": patch.upstream_status,
         "hash": "sha256:" + patch.content_hash,
         "edits": [
-            {"op": r.op, "file": r.file, "target": r.target, "status": r.status, **imported_from(result, r)}
+            {"op": r.op, "file": r.file, "target": r.target, "status": r.status, "variant": r.variant,
+             **imported_from(result, r)}
             for r in result.reports
             if r.patch == patch.id
         ],

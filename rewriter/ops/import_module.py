@@ -60,7 +60,7 @@ class ReleaseTree(Protocol):
 
 
 def has_imports(series: list[Patch]) -> bool:
-    return any(e.op == OP for p in series for e in p.edits)
+    return any(e.op == OP and e.applies for p in series for e in p.edits)
 
 
 def resolve_imports(
@@ -68,45 +68,61 @@ def resolve_imports(
     releases: Callable[[str], ReleaseTree] | None,
     read_upstream: Callable[[str], str | None],
     upstream_label: str,
+    strict: bool = True,
 ) -> list[Patch]:
-    """The series with every ``import_module`` edit's source read and its moves computed."""
+    """The series with every ``import_module`` edit's source read and its moves computed.
+
+    An edit that cannot be prepared raises :class:`DriftError`; with ``strict=False`` it carries
+    the message in ``Edit.failure`` instead, so the engine reports it with the other edits.
+    """
     if not has_imports(series):
         return series
     if releases is None:
         raise ApplyError("the series imports modules from other releases, but no release resolver was given")
     out = []
     for patch in series:
-        edits = [e for e in patch.edits if e.op == OP]
+        edits = [e for e in patch.edits if e.op == OP and e.applies]
         if not edits:
             out.append(patch)
             continue
         resolved = []
         for i, edit in enumerate(patch.edits):
-            if edit.op != OP:
+            if edit.op != OP or not edit.applies:
                 resolved.append(edit)
                 continue
-            tree = releases(edit.args["from_release"])
-            text = tree.read(edit.args["source"])
-            if text is None:
-                raise DriftError(
-                    f"patch {patch.id} edits[{i}] ({OP}) at {edit.file}: anchor-missing: "
-                    f"{edit.args['source']} is not in megatron-core {tree.version} ({tree.tag}) [{edit.source}]"
-                )
-            same_release = {
-                module_name(e.args["source"]): module_name(e.file)
-                for e in edits if e.args["from_release"] == edit.args["from_release"]
-            }
-            _check_pinned(patch, i, edit, read_upstream, upstream_label)
-            args = {
-                **edit.args,
-                "moves": dict(sorted(same_release.items())),
-                "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                "release_tag": tree.tag or "",
-                "release_digest": tree.digest,
-            }
-            resolved.append(replace(edit, args=args, code=text))
+            try:
+                resolved.append(_resolve_one(patch, i, edit, edits, releases, read_upstream, upstream_label))
+            except DriftError as exc:
+                if strict:
+                    raise
+                resolved.append(replace(edit, failure=str(exc)))
         out.append(replace(patch, edits=tuple(resolved)))
     return out
+
+
+def _resolve_one(patch: Patch, i: int, edit: Edit, edits: list[Edit], releases: Callable[[str], ReleaseTree],
+                 read_upstream: Callable[[str], str | None], upstream_label: str) -> Edit:
+    """One ``import_module`` edit with its source text, moves and digests."""
+    tree = releases(edit.args["from_release"])
+    text = tree.read(edit.args["source"])
+    if text is None:
+        raise DriftError(
+            f"patch {patch.id} edits[{i}] ({OP}) at {edit.file}: anchor-missing: "
+            f"{edit.args['source']} is not in megatron-core {tree.version} ({tree.tag}) [{edit.source}]"
+        )
+    same_release = {
+        module_name(e.args["source"]): module_name(e.file)
+        for e in edits if e.args["from_release"] == edit.args["from_release"]
+    }
+    _check_pinned(patch, i, edit, read_upstream, upstream_label)
+    args = {
+        **edit.args,
+        "moves": dict(sorted(same_release.items())),
+        "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "release_tag": tree.tag or "",
+        "release_digest": tree.digest,
+    }
+    return replace(edit, args=args, code=text)
 
 
 def _check_pinned(patch: Patch, i: int, edit: Edit, read_upstream: Callable[[str], str | None], label: str) -> None:

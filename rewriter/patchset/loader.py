@@ -17,10 +17,12 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import jinja2
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from rewriter.errors import PatchsetError
@@ -166,7 +168,8 @@ def _load_patch(root: Path, patch_dir: Path, version: str, declared: dict[str, t
     flag_map = {f.name: f for f in flags + uses}
     own = {f.name for f in flags}
     known = set(declared) | own
-    edits = tuple(_load_edit(origin, node, i, env, data["id"], flag_map, own, known) for i, node in enumerate(edit_nodes))
+    edits = tuple(_load_edit_with_variants(origin, node, i, env, data["id"], flag_map, own, known)
+                  for i, node in enumerate(edit_nodes))
     files = [path] + sorted(p for p in patch_dir.iterdir() if p.is_file() and p.name != "patch.yaml")
     return Patch(
         id=data["id"],
@@ -287,6 +290,50 @@ def _runtime_module(origin: str, node: LocatedDict, implemented_in: str, planned
     return runtime_module
 
 
+def _load_edit_with_variants(origin: str, node: Any, index: int, env: jinja2.Environment, patch_id: str,
+                             flags: dict[str, Flag], own_flags: set[str], known_flags: set[str]) -> Edit:
+    """An edit and its per-release ``variants``.
+
+    Each variant is a mapping of keys that replace the edit's own (``op`` stays), with a required
+    ``releases``; it is loaded and checked as a whole edit, so it may change the anchor, target,
+    template, ``expect`` or anything else its operation takes.
+    """
+    edit = _load_edit(origin, node, index, env, patch_id, flags, own_flags, known_flags)
+    if not isinstance(node, dict) or "variants" not in node:
+        return edit
+    variants = []
+    for n, override in enumerate(node["variants"]):
+        what = f"edits[{index}].variants[{n}]"
+        if not isinstance(override, dict) or "releases" not in override:
+            raise PatchsetError(f"{where(origin, override)}: {what} must be a mapping with 'releases' (e.g. \"<0.14\") "
+                                "and the keys it replaces")
+        for key in ("op", "variants"):
+            if key in override:
+                raise PatchsetError(f"{where(origin, override, key)}: {what} cannot change {key!r}")
+        merged = LocatedDict({k: v for k, v in node.items() if k != "variants"})
+        merged.line = getattr(override, "line", getattr(node, "line", 1))
+        merged.key_lines = {**getattr(node, "key_lines", {}), **getattr(override, "key_lines", {})}
+        if "template" in override:
+            merged.pop("code", None)
+        if "code" in override:
+            merged.pop("template", None)
+        merged.update(override)
+        loaded = _load_edit(origin, merged, index, env, patch_id, flags, own_flags, known_flags)
+        variants.append(replace(loaded, variant=f"variants[{n}]"))
+    return replace(edit, variants=tuple(variants))
+
+
+def _check_releases(loc: str, releases: str) -> None:
+    """``releases`` is a PEP 440 specifier set over megatron-core versions."""
+    try:
+        SpecifierSet(releases)
+    except InvalidSpecifier:
+        raise PatchsetError(
+            f"{loc}: releases {releases!r} is not a version range; write PEP 440 specifiers such as \">=0.14\" "
+            "or \">=0.12,<0.15\""
+        ) from None
+
+
 def _load_edit(
     origin: str,
     node: Any,
@@ -349,6 +396,8 @@ def _load_edit(
         raise PatchsetError(f"{where(origin, node, 'file')}: {kind} creates a .py file, got {node['file']!r}")
     if kind == "import_module":
         _check_import(origin, node)
+    if "releases" in node:
+        _check_releases(where(origin, node, "releases"), node["releases"])
     expect = node.get("expect", 1)
     if expect < 1:
         raise PatchsetError(f"{where(origin, node, 'expect')}: expect must be at least 1")
@@ -366,6 +415,7 @@ def _load_edit(
         code=code,
         template=node.get("template"),
         source=loc,
+        releases=node.get("releases"),
     )
 
 

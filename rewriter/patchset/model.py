@@ -6,11 +6,12 @@ These are what the engine and the emitters see; YAML never leaves :mod:`rewriter
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packaging.version import Version
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,46 @@ class Edit:
     code: str | None  # rendered template text (None for ops without code)
     template: str | None  # template path relative to the patch folder, for messages
     source: str  # "<patch.yaml>:<line>" for messages
+    #: PEP 440 specifiers of the upstream releases this form applies to (``None``: every release)
+    releases: str | None = None
+    #: alternative forms for other releases (each with its own ``releases``), tried in order
+    variants: tuple[Edit, ...] = ()
+    #: which form this is: ``default``, or ``variants[<n>]``
+    variant: str = "default"
+    #: false once :meth:`for_release` found no form for the upstream release: the engine reports
+    #: the edit ``not-applicable`` and leaves the file alone
+    applies: bool = True
+    #: set when the edit could not even be prepared for this release (an ``import_module`` source
+    #: or ``use_pinned`` name it lacks); the engine reports it ``anchor-missing`` with this text
+    failure: str = ""
+
+    def for_release(self, version: str | None) -> Edit:
+        """The form of this edit for upstream ``version``: the first variant whose ``releases``
+        contains it, else the default form if its own range does (or it has none), else the
+        default form marked as not applying. ``None`` (version unknown) picks the default form."""
+        if version is None:
+            return self
+        for variant in self.variants:
+            if release_in(version, variant.releases):
+                return variant
+        return self if release_in(version, self.releases) else replace(self, applies=False)
 
     def cache_token(self) -> str:
         """A stable text that changes whenever anything affecting this edit's output changes."""
         parts = [self.op, self.file, str(self.target), repr(sorted(self.args.items())),
-                 str(self.expect), str(self.guard), str(self.code)]
+                 str(self.expect), str(self.guard), str(self.code), str(self.releases), self.variant,
+                 str(self.applies), self.failure]
         return "\x1f".join(parts)
+
+
+def release_in(version: str, releases: str | None) -> bool:
+    """``version`` satisfies the specifiers ``releases`` (``None``: any); pre-releases count."""
+    if releases is None:
+        return True
+    try:
+        return SpecifierSet(releases).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
 
 
 @dataclass(frozen=True)

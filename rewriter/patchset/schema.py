@@ -73,6 +73,8 @@ EDIT_COMMON_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "code": ((str,), False),
     "vars": ((dict,), False),
     "flag_param": ((str,), False),
+    "releases": ((str,), False),
+    "variants": ((list,), False),
 }
 
 

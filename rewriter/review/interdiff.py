@@ -11,15 +11,17 @@ something else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from rewriter.engine import EditReport, SeriesResult
+from rewriter.engine import SeriesResult
 from rewriter.patchset.model import Patch
 from rewriter.review.hunks import Changes, Hunk, hunks, scoped_diff, text_diff
 from rewriter.review.scopes import enclosing, find, source_of, spans
 
 #: every verdict, in the order a summary lists them (worst news first)
+#: states of a patch that apply cleanly (as ``rewriter.matrix.PASSING``); anything else is broken
+PASSING = ("applied", "retired", "runtime")
 VERDICTS = ("newly broken", "still broken", "newly retired", "changed", "moved", "added", "removed",
             "repaired", "unchanged")
 
@@ -33,6 +35,9 @@ class Side:
     patch_ids: tuple[str, ...]  # that series, in order
     result: SeriesResult  # the series applied (it may hold later versions' patches too)
     read: Callable[[str], str | None]  # the upstream file's text
+    #: patch id -> (verdict, reason) of ``rewriter.matrix.apply_to_release``, which adds the
+    #: semantic check's ``broken``; without it a patch's state comes from ``result`` alone
+    verdicts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def patch(self, patch_id: str) -> Patch | None:
         if patch_id not in self.patch_ids:
@@ -42,16 +47,21 @@ class Side:
     def state(self, patch_id: str) -> str:
         """``absent``, ``runtime``, ``broken``, ``retired`` or ``applied``.
 
-        ``broken`` is any edit that did not apply (anchor-missing, ambiguous, …) or a patch
-        status of ``broken`` (a semantic check's verdict on a patch that applied).
+        ``broken`` is any failing verdict: an edit that did not apply (anchor-missing, ambiguous)
+        or patched code that does not resolve on this release (the semantic check's ``broken``).
         """
         patch = self.patch(patch_id)
         if patch is None:
             return "absent"
-        status = self.result.patch_status(patch)
-        if self.result.failures(patch_id) or status == "broken":
-            return "broken"
-        return status
+        status = self.verdicts[patch_id][0] if patch_id in self.verdicts else self.result.patch_status(patch)
+        return status if status in PASSING else "broken"
+
+    def problems(self, patch_id: str) -> list[str]:
+        """Why the patch is broken on this side: each failing edit, else the verdict's reason."""
+        if self.state(patch_id) != "broken":
+            return []
+        edits = [r.describe() for r in self.result.failures() if r.patch == patch_id]
+        return edits or [self.verdicts.get(patch_id, ("broken", "broken"))[1]]
 
     def changes(self, patch_id: str) -> Changes:
         return self.result.patch_changes(patch_id) if self.patch(patch_id) is not None else {}
@@ -80,7 +90,7 @@ class PatchInterdiff:
     moved: list[tuple[Hunk, Hunk]] = field(default_factory=list)
     changed_old: list[Hunk] = field(default_factory=list)
     changed_new: list[Hunk] = field(default_factory=list)
-    failures: list[EditReport] = field(default_factory=list)  # the new side's failing edits
+    problems: list[str] = field(default_factory=list)  # why the new side is broken
     interdiff: str = ""  # the diff of the two per-patch diffs (hunk headers name scopes)
     upstream_changes: list[FunctionChange] = field(default_factory=list)
 
@@ -91,7 +101,7 @@ class PatchInterdiff:
 
     def reasons(self) -> list[str]:
         """One line per thing a reviewer should know, in the order the verdict weighs them."""
-        out = [r.describe() for r in self.failures]
+        out = list(self.problems)
         if self.verdict == "newly retired":
             out.append("upstream now has every edit of this patch")
         out += [f"moved: {o.where} -> {n.where}" for o, n in self.moved]
@@ -211,7 +221,7 @@ def compare_patch(patch_id: str, old: Side, new: Side) -> PatchInterdiff:
         verdict=verdict(old_state, new_state, bool(moved), bool(changed_old or changed_new)),
         old_changes=old_changes, new_changes=new_changes,
         same=same, moved=moved, changed_old=changed_old, changed_new=changed_new,
-        failures=new.result.failures(patch_id) if new.patch(patch_id) is not None else [],
+        problems=new.problems(patch_id),
     )
     old_text, new_text = scoped_diff(old_changes), scoped_diff(new_changes)
     item.interdiff = text_diff(old_text, new_text, f"{patch_id} on {old.label}", f"{patch_id} on {new.label}")

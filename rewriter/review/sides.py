@@ -15,14 +15,15 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rewriter.build import Applied, Paths, Upstream, sources
+from rewriter.build import Applied, Paths, Upstream, load_inputs, sources
 from rewriter.emit.diffs import unified_diff
 from rewriter.errors import PatchsetError, UpstreamError
 from rewriter.review.interdiff import Side
 from rewriter.stale import clean_stale, owned_prefix
+from rewriter.ui import UI
 from rewriter.upstream import SHA_RE, load_pin
 
 CHECKOUT_PREFIX = "primus-interdiff-"
@@ -39,14 +40,32 @@ def upstream_of(spec: str, pin: Path, repo: str | None) -> Upstream:
     raise UpstreamError(f"{spec!r} is neither a release of {pin} ({known}) nor a git sha")
 
 
-def side(applied: Applied, version: str | None, label: str) -> Side:
+@dataclass(frozen=True)
+class Verdicts:
+    """Patchsets applied to one upstream, with one verdict per patch (failures included)."""
+
+    applied: Applied
+    verdicts: dict[str, tuple[str, str]]  # patch id -> (verdict, reason)
+
+
+def apply_side(paths: Paths, upstream: Upstream, ui: UI) -> Verdicts:
+    """Apply every patch without stopping at a failure, the semantic check included (as ``matrix``)."""
+    from rewriter.matrix import apply_to_release
+
+    inputs = load_inputs(paths, upstream, ui)
+    with ui.task("applying patches (a failing patch is a verdict here)"):
+        verdicts, result = apply_to_release(inputs.patchsets.series(), inputs.tree, inputs.releases, inputs.cache)
+    return Verdicts(Applied(inputs.patchsets, inputs.tree, result), {v.patch: (v.verdict, v.reason) for v in verdicts})
+
+
+def side(applied: Verdicts, version: str | None, label: str) -> Side:
     """The comparison side for ``version`` (default: the newest of these patchsets)."""
-    names = applied.patchsets.names()
+    names = applied.applied.patchsets.names()
     chosen = version or names[-1]
     if chosen not in names:
         raise PatchsetError(f"unknown patchset version {chosen!r} for {label} (known: {', '.join(names)})")
-    ids = tuple(p.id for p in applied.patchsets.series(chosen))
-    return Side(label, chosen, ids, applied.result, applied.upstream.read)
+    ids = tuple(p.id for p in applied.applied.patchsets.series(chosen))
+    return Side(label, chosen, ids, applied.applied.result, applied.applied.upstream.read, applied.verdicts)
 
 
 def release_label(applied: Applied) -> str:

@@ -1,5 +1,6 @@
-"""interdiff on the real thing: megatron-core 0.10.0 (the drift testbed) against the pin, both ways,
-with every patchset up to v0.4.0; and two revisions of this repository in a temporary clone."""
+"""interdiff on the real thing, with every patchset up to v0.4.0: the real bump 0.16.0 -> 0.16.1,
+megatron-core 0.10.0 (the drift testbed) against the pin both ways, and two revisions of this
+repository in a temporary clone."""
 
 from __future__ import annotations
 
@@ -9,44 +10,69 @@ from pathlib import Path
 
 import pytest
 
-from rewriter.build import Applied, Paths, Upstream, apply_patchsets
+from rewriter.build import Paths, Upstream
 from rewriter.cli import main
 from rewriter.review.html import render_html
 from rewriter.review.interdiff import Interdiff, compare
 from rewriter.review.report import render_markdown
-from rewriter.review.sides import release_label, side
+from rewriter.review.sides import Verdicts, apply_side, release_label, side
 from rewriter.ui import UI
 from rewriter.upstream import default_cache_dir
 from tests.conftest import BUILD_CACHE, ROOT
 
 pytestmark = pytest.mark.slow
 
-#: the patches whose anchors 0.10.0 lacks (``check --upstream-release 0.10.0`` names them)
-BROKEN_ON_0_10 = {"moe_permute_fusion_portable", "use_deprecated_20241209_moe_layer", "fused_padded_mla_attention"}
+#: the patches whose anchors 0.10.0 lacks, and those that apply there but do not resolve (the
+#: semantic check's ``broken``), as ``check --upstream-release 0.10.0`` names them
+ANCHORS_MISSING_ON_0_10 = {"moe_permute_fusion_portable", "use_deprecated_20241209_moe_layer",
+                           "fused_padded_mla_attention"}
+UNRESOLVED_ON_0_10 = {"moe_router_force_load_balancing", "moe_use_fused_router_with_aux_score"}
 RUNTIME = {"trainer_trackers", "trainer_resume_and_saving", "trainer_compile_dependencies", "trainer_pp_warmup",
            "trainer_profiler_cpu_activity", "trainer_memory_info", "trainer_mlflow"}
 
 
+PATHS = Paths(ROOT / "patchsets", ROOT / "vendor" / "upstream.yaml", default_cache_dir(ROOT), BUILD_CACHE)
+
+
 @pytest.fixture(scope="module")
-def old_release() -> Applied:
-    paths = Paths(ROOT / "patchsets", ROOT / "vendor" / "upstream.yaml", default_cache_dir(ROOT), BUILD_CACHE)
-    return apply_patchsets(paths, Upstream(release="0.10.0"), UI(quiet=True), strict=False)
+def old_release() -> Verdicts:
+    return apply_side(PATHS, Upstream(release="0.10.0"), UI(quiet=True))
 
 
-def _compare(old: Applied, new: Applied) -> Interdiff:
-    return compare("upstream", side(old, "v0.4.0", release_label(old)), side(new, "v0.4.0", release_label(new)))
+@pytest.fixture(scope="module")
+def pinned() -> Verdicts:
+    return apply_side(PATHS, Upstream(), UI(quiet=True))
 
 
-def test_0_10_0_to_the_pin(old_release: Applied, applied: Applied) -> None:
-    diff = _compare(old_release, applied)
+def _compare(old: Verdicts, new: Verdicts) -> Interdiff:
+    return compare("upstream", side(old, "v0.4.0", release_label(old.applied)),
+                   side(new, "v0.4.0", release_label(new.applied)))
+
+
+def test_the_real_bump_0_16_0_to_0_16_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """0.16.1 changed four files of megatron/core, none that a patch touches: nothing moves."""
+    assert main(["interdiff", "-q", "--root", str(ROOT), "--from-upstream", "0.16.0", "--to-upstream", "0.16.1",
+                 "--format", "json", "--upstream-cache", str(default_cache_dir(ROOT)),
+                 "--build-cache", str(BUILD_CACHE)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["old"]["label"] == "megatron-core 0.16.0 (3bec9aa97dda)"
+    assert data["new"]["label"] == "megatron-core 0.16.1 (55ac7082517c)"
+    assert data["counts"] == {"unchanged": 17}
+    for patch in data["patches"]:
+        assert (patch["reasons"], patch["interdiff"], patch["upstream_changes"]) == ([], "", []), patch["id"]
+    assert {p["id"]: p["new_state"] for p in data["patches"]}["moe_permute_fusion"] == "retired"
+
+
+def test_0_10_0_to_the_pin(old_release: Verdicts, pinned: Verdicts) -> None:
+    diff = _compare(old_release, pinned)
     verdicts = {p.patch_id: p.verdict for p in diff.patches}
     assert len(verdicts) == 17
-    assert {p for p, v in verdicts.items() if v == "repaired"} == BROKEN_ON_0_10
+    assert {p for p, v in verdicts.items() if v == "repaired"} == ANCHORS_MISSING_ON_0_10 | UNRESOLVED_ON_0_10
     assert verdicts["moe_permute_fusion"] == "newly retired"  # upstream has moe_permute_fusion since 0.11
     assert {verdicts[p] for p in RUNTIME} == {"unchanged"}
     # the fused router's template calls upstream's routing with padding_mask where the release has it
     router = next(p for p in diff.patches if p.patch_id == "moe_use_fused_router_with_aux_score")
-    assert router.verdict == "changed"
+    assert router.changed_old and router.changed_new
     assert "-+            return _primus_impl(self, logits)\n" in router.interdiff
     assert "++            return _primus_impl(self, logits, padding_mask)\n" in router.interdiff
     # the anchors moved by hundreds of lines, yet the same code is inserted in the same functions
@@ -64,14 +90,18 @@ def test_0_10_0_to_the_pin(old_release: Applied, applied: Applied) -> None:
         assert f'<h3 class="patch-heading">{patch_id} ' in html
 
 
-def test_the_pin_to_0_10_0_is_newly_broken(old_release: Applied, applied: Applied) -> None:
-    diff = _compare(applied, old_release)
+def test_the_pin_to_0_10_0_is_newly_broken(old_release: Verdicts, pinned: Verdicts) -> None:
+    diff = _compare(pinned, old_release)
     broken = {p.patch_id: p for p in diff.patches if p.verdict == "newly broken"}
-    assert set(broken) == BROKEN_ON_0_10
+    assert set(broken) == ANCHORS_MISSING_ON_0_10 | UNRESOLVED_ON_0_10
     mla = broken["fused_padded_mla_attention"]
     assert any("MultiLatentAttention.forward: anchor-missing: anchor 'value = value.contiguous()'" in r
                for r in mla.reasons())
-    assert diff.counts()["newly broken"] == 3
+    # applies, but the code it makes reads a name 0.10.0's routing does not define
+    router = broken["moe_router_force_load_balancing"]
+    assert not router.changed_new and router.reasons()[0].startswith("megatron/core/transformer/moe/router.py:")
+    assert "undefined name 'probs'" in router.reasons()[0]
+    assert diff.counts()["newly broken"] == 5
 
 
 def test_from_ref_in_a_clone_of_this_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,9 +24,20 @@ from probe_common import ROUTER_CONFIG, start_single_process
 ROUTER_MODULES = ("megatron.core._primus.moe_even_routing", "megatron.core._primus.fused_router")
 
 
+def process_groups() -> dict:
+    """The router's process groups as this release takes them: ``pg_collection`` since
+    megatron-core 0.15, ``model_comm_pgs`` before (the probe also runs on other releases)."""
+    try:
+        from megatron.core.process_groups_config import ProcessGroupCollection
+    except ImportError:
+        from megatron.core.process_groups_config import ModelCommProcessGroups
+
+        return {"model_comm_pgs": ModelCommProcessGroups.use_mpu_process_groups()}
+    return {"pg_collection": ProcessGroupCollection.use_mpu_process_groups()}
+
+
 def main(out: str, overrides: dict) -> None:
     start_single_process()
-    from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.moe.router import TopKRouter
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -35,7 +46,7 @@ def main(out: str, overrides: dict) -> None:
     forward = bool(overrides.pop("forward", False))
     config = TransformerConfig(**settings)
     torch.manual_seed(1234)
-    router = TopKRouter(config=config, pg_collection=ProcessGroupCollection.use_mpu_process_groups())
+    router = TopKRouter(config=config, **process_groups())
     if forward:
         model_parallel_cuda_manual_seed(1234)  # the expert-parallel stream the "uniform" mode draws from
     router.train()

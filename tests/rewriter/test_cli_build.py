@@ -174,6 +174,8 @@ def test_ambiguous_anchor_exits_4(sample: Sample, capsys: pytest.CaptureFixture[
 def test_ambiguous_anchor_with_matching_expect_applies(sample: Sample, capsys: pytest.CaptureFixture[str]) -> None:
     sample.edit_patch("    target: scale\n    where: before_return\n",
                       "    target: shift\n    where: after\n    anchor: x = x + 1\n    expect: 2\n")
+    # shift() has no ``y``: the code it gets doubles ``x`` (else the semantic check says "broken")
+    sample.edit_patch("    template: double.py.j2\n", "    code: \"x = x * {{ vars.factor }}\\n\"\n")
     assert main(sample.args("check")) == 0
     assert "double_output" in capsys.readouterr().out
 

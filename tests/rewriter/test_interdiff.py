@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sample_upstream import BLOCK_PY, CONFIG_PY, Sample, change_factor, commit_project, git, one_error_line
 
 from rewriter.cli import main
-from rewriter.engine import SeriesResult, apply_series
+from rewriter.engine import apply_series
 from rewriter.patchset.loader import load_patchsets
 from rewriter.review.hunks import hunks, scoped_diff
 from rewriter.review.interdiff import Side, compare, verdict
@@ -89,14 +90,13 @@ def test_a_vanished_anchor_is_newly_broken_and_back_is_repaired(sample: Sample) 
     assert one(sample, renamed, renamed).verdict == "still broken"
 
 
-def test_a_broken_patch_status_is_consumed(sample: Sample, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A semantic check may mark a patch that applied as ``broken``: that is a broken side too."""
+def test_a_semantic_broken_verdict_is_newly_broken(sample: Sample) -> None:
+    """``matrix``'s semantic check may call a patch that applied ``broken``: a broken side, with its reason."""
     old = side(sample, BLOCK_PY, "old")
-    monkeypatch.setattr(SeriesResult, "patch_status", lambda self, patch: "broken")
-    new = side(sample, BLOCK_PY, "new")
-    assert (old.state(PATCH), new.state(PATCH)) == ("broken", "broken")
-    monkeypatch.undo()
-    assert old.state(PATCH) == "applied"
+    new = replace(side(sample, BLOCK_PY, "new"), verdicts={PATCH: ("broken", f"{BLOCK}:6: undefined name 'y'")})
+    assert (old.state(PATCH), new.state(PATCH)) == ("applied", "broken")
+    (item,) = compare("upstream", old, new).patches
+    assert (item.verdict, item.reasons()) == ("newly broken", [f"{BLOCK}:6: undefined name 'y'"])
 
 
 @pytest.mark.parametrize(("old", "new", "moved", "changed", "expected"), [
