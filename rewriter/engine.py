@@ -44,16 +44,6 @@ class EditReport:
     #: which form of the edit ran: ``default`` or ``variants[<n>]`` (see ``Edit.for_release``)
     variant: str = "default"
 
-    def describe(self) -> str:
-        """``edits[i] (op) at file::target: status: message; nearest: …``, for messages and reviews."""
-        where = f"{self.file}::{self.target}" if self.target else self.file
-        text = f"edits[{self.index}] ({self.op}) at {where}: {self.status}"
-        if self.message:
-            text += f": {self.message}"
-        if self.candidates:
-            text += f"; nearest: {', '.join(self.candidates)}"
-        return text
-
 
 @dataclass
 class FileOutcome:
@@ -267,7 +257,15 @@ def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]]) -
 
 def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
     """One line: every failing edit with patch, file, target, status, nearest candidates, source."""
-    lines = [f"patch {r.patch} {r.describe()} [{r.source}]" for r in failures]
+    lines = []
+    for r in failures:
+        where = f"{r.file}::{r.target}" if r.target else r.file
+        line = f"patch {r.patch} edits[{r.index}] ({r.op}) at {where}: {r.status}"
+        if r.message:
+            line += f": {r.message}"
+        if r.candidates:
+            line += f"; nearest: {', '.join(r.candidates)}"
+        lines.append(line + f" [{r.source}]")
     return (
         f"{len(failures)} edit(s) do not apply to upstream {upstream_label}: " + "; ".join(lines)
         + ". Fix the anchor in the patch (`python -m rewriter check` re-runs this) or retire the patch."

@@ -35,9 +35,9 @@ class Side:
     patch_ids: tuple[str, ...]  # that series, in order
     result: SeriesResult  # the series applied (it may hold later versions' patches too)
     read: Callable[[str], str | None]  # the upstream file's text
-    #: patch id -> (verdict, reason) of ``rewriter.matrix.apply_to_release``, which adds the
-    #: semantic check's ``broken``; without it a patch's state comes from ``result`` alone
-    verdicts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: patch id -> (verdict, reason), as ``rewriter.matrix.apply_to_release`` gives them: applied,
+    #: retired, runtime, anchor-missing, ambiguous, or broken (the semantic check)
+    verdicts: Mapping[str, tuple[str, str]]
 
     def patch(self, patch_id: str) -> Patch | None:
         if patch_id not in self.patch_ids:
@@ -50,18 +50,17 @@ class Side:
         ``broken`` is any failing verdict: an edit that did not apply (anchor-missing, ambiguous)
         or patched code that does not resolve on this release (the semantic check's ``broken``).
         """
-        patch = self.patch(patch_id)
-        if patch is None:
+        if self.patch(patch_id) is None:
             return "absent"
-        status = self.verdicts[patch_id][0] if patch_id in self.verdicts else self.result.patch_status(patch)
+        status = self.verdicts[patch_id][0]
         return status if status in PASSING else "broken"
 
     def problems(self, patch_id: str) -> list[str]:
-        """Why the patch is broken on this side: each failing edit, else the verdict's reason."""
+        """Why the patch is broken on this side: its verdict and the reason (failing edits, unresolved names)."""
         if self.state(patch_id) != "broken":
             return []
-        edits = [r.describe() for r in self.result.failures() if r.patch == patch_id]
-        return edits or [self.verdicts.get(patch_id, ("broken", "broken"))[1]]
+        verdict, reason = self.verdicts[patch_id]
+        return [f"{verdict}: {reason}"]
 
     def changes(self, patch_id: str) -> Changes:
         return self.result.patch_changes(patch_id) if self.patch(patch_id) is not None else {}

@@ -11,14 +11,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sample_upstream import BLOCK_PY, CONFIG_PY, Sample, change_factor, commit_project, git, one_error_line
+from sample_upstream import (
+    BLOCK_PY,
+    CONFIG_PY,
+    Sample,
+    change_factor,
+    commit_project,
+    git,
+    one_error_line,
+    write_tree,
+)
 
 from rewriter.cli import main
-from rewriter.engine import apply_series
+from rewriter.matrix import apply_to_release
 from rewriter.patchset.loader import load_patchsets
 from rewriter.review.hunks import hunks, scoped_diff
 from rewriter.review.interdiff import Side, compare, verdict
 from rewriter.review.sides import CHECKOUT_PREFIX
+from rewriter.upstream import UpstreamTree
 
 CONFIG = "megatron/core/transformer/config.py"
 BLOCK = "megatron/core/transformer/block.py"
@@ -32,11 +42,13 @@ def helper(x):
 
 
 def side(sample: Sample, block: str, label: str) -> Side:
-    """The sample patchset applied (non-strictly) to an upstream whose block.py is ``block``."""
-    files = {CONFIG: CONFIG_PY, BLOCK: block}
+    """The sample patchset applied as ``matrix`` applies it to an upstream whose block.py is ``block``."""
+    root = write_tree(sample.root.parent / f"upstream-{label}", {CONFIG: CONFIG_PY, BLOCK: block})
+    tree = UpstreamTree(root, "sample", "", "0.1.0", None, f"digest-of-{label}", "test", (CONFIG, BLOCK))
     series = load_patchsets(sample.patchsets).series()
-    result = apply_series(series, files.get, label, strict=False)
-    return Side(label, "v0.1.0", tuple(p.id for p in series), result, files.get)
+    verdicts, result = apply_to_release(series, tree)
+    return Side(label, "v0.1.0", tuple(p.id for p in series), result, tree.read,
+                {v.patch: (v.verdict, v.reason) for v in verdicts})
 
 
 def one(sample: Sample, old_block: str, new_block: str):  # noqa: ANN201 - a PatchInterdiff
@@ -84,8 +96,8 @@ def test_a_vanished_anchor_is_newly_broken_and_back_is_repaired(sample: Sample) 
     renamed = BLOCK_PY.replace("def scale(", "def scale_all(")
     broken = one(sample, BLOCK_PY, renamed)
     assert (broken.old_state, broken.new_state, broken.verdict) == ("applied", "broken", "newly broken")
-    (reason,) = [r for r in broken.reasons() if r.startswith("edits[")]
-    assert reason.startswith(f"edits[1] (insert_statements) at {BLOCK}::scale: anchor-missing")
+    (reason,) = [r for r in broken.reasons() if r.startswith("anchor-missing:")]
+    assert reason.startswith(f"anchor-missing: edits[1] (insert_statements) at {BLOCK}::scale: ")
     assert one(sample, renamed, BLOCK_PY).verdict == "repaired"
     assert one(sample, renamed, renamed).verdict == "still broken"
 
@@ -96,7 +108,7 @@ def test_a_semantic_broken_verdict_is_newly_broken(sample: Sample) -> None:
     new = replace(side(sample, BLOCK_PY, "new"), verdicts={PATCH: ("broken", f"{BLOCK}:6: undefined name 'y'")})
     assert (old.state(PATCH), new.state(PATCH)) == ("applied", "broken")
     (item,) = compare("upstream", old, new).patches
-    assert (item.verdict, item.reasons()) == ("newly broken", [f"{BLOCK}:6: undefined name 'y'"])
+    assert (item.verdict, item.reasons()) == ("newly broken", [f"broken: {BLOCK}:6: undefined name 'y'"])
 
 
 @pytest.mark.parametrize(("old", "new", "moved", "changed", "expected"), [
