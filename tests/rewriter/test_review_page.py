@@ -3,7 +3,7 @@ driven by playwright), screenshotted and read back.
 
 The browser is the system's ``/usr/bin/chromium`` (playwright's own browser download is not
 reachable from these machines); ``.ci/run`` installs it. Without it the test is skipped with the
-reason, except under CI (``CI=true``), where a missing browser is a failure: CI must run it.
+reason, except under CI (``CI=true``, or 1/yes), where a missing browser is a failure: CI must run it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _browser_or_skip() -> None:
         problem = "playwright is not installed (pip install -e .[test])"
     if problem is None:
         return
-    if os.environ.get("CI") == "true":
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(f"CI must run the browser test: {problem}")
     pytest.skip(problem)
 
