@@ -6,6 +6,8 @@ templates) → :mod:`rewriter.engine` (libcst operations in :mod:`rewriter.ops`)
 :mod:`rewriter.emit` (staging tree, wheel, diffs, manifest, docs). :mod:`rewriter.releases` adds
 releases to the pin file; :mod:`rewriter.matrix` applies a series to several releases, one
 verdict per patch (``apply_to_release`` is the building block for tools comparing releases).
+:mod:`rewriter.review` compares two applied series (``interdiff``: two upstreams, or two
+revisions of the patchsets).
 
 The names in ``__all__`` are the public API, for tests, benchmarks and other tools; anything else
 (and every underscore name) may change without notice. They are imported on first use, so
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from rewriter.patchset.loader import load_patchsets
     from rewriter.patchset.model import Edit, Flag, Patch, Patchsets, PatchsetVersion
     from rewriter.releases import add_release
+    from rewriter.review.html import render_html
+    from rewriter.review.interdiff import Interdiff, Side, compare
+    from rewriter.review.report import render_markdown
     from rewriter.semantic import Problem, check_series
     from rewriter.ui import UI
     from rewriter.upstream import Pin, UpstreamTree, default_cache_dir, load_pin, resolve, resolve_release
@@ -47,17 +52,21 @@ _EXPORTS: dict[str, str] = {
     "add_release": "rewriter.releases",
     **dict.fromkeys(("Problem", "check_series"), "rewriter.semantic"),
     **dict.fromkeys(("Edit", "Flag", "Patch", "Patchsets", "PatchsetVersion"), "rewriter.patchset.model"),
+    "render_html": "rewriter.review.html",
+    **dict.fromkeys(("Interdiff", "Side", "compare"), "rewriter.review.interdiff"),
+    "render_markdown": "rewriter.review.report",
     "UI": "rewriter.ui",
     **dict.fromkeys(("Pin", "UpstreamTree", "default_cache_dir", "load_pin", "resolve", "resolve_release"),
                     "rewriter.upstream"),
 }
 
 __all__ = [
-    "Applied", "ApplyError", "DriftError", "Edit", "Flag", "Patch", "PatchVerdict", "PatchsetError", "PatchsetVersion",
-    "Patchsets", "Paths", "Pin", "Problem", "ReleaseColumn", "RewriterError", "SeriesResult", "UI", "Upstream",
-    "UpstreamError", "UpstreamTree", "add_release", "apply_patchsets", "apply_series", "apply_to_release", "build",
-    "build_manifest", "check_series", "default_cache_dir", "load_patchsets", "load_pin", "main", "release_matrix",
-    "render_patch_notes", "resolve", "resolve_release", "stage_version",
+    "Applied", "ApplyError", "DriftError", "Edit", "Flag", "Interdiff", "Patch", "PatchVerdict", "PatchsetError",
+    "PatchsetVersion", "Patchsets", "Paths", "Pin", "Problem", "ReleaseColumn", "RewriterError", "SeriesResult",
+    "Side", "UI", "Upstream", "UpstreamError", "UpstreamTree", "add_release", "apply_patchsets", "apply_series",
+    "apply_to_release", "build", "build_manifest", "check_series", "compare", "default_cache_dir", "load_patchsets",
+    "load_pin", "main", "release_matrix", "render_html", "render_markdown", "render_patch_notes", "resolve",
+    "resolve_release", "stage_version",
 ]
 
 

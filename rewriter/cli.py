@@ -1,4 +1,4 @@
-"""Command line: ``build``, ``diff``, ``check``, ``docs``, ``releases``, ``matrix``.
+"""Command line: ``build``, ``diff``, ``check``, ``interdiff``, ``docs``, ``releases``, ``matrix``.
 
 Each command is a function returning an exit code; :func:`main` dispatches from a table and
 turns a :class:`RewriterError` into one line on stderr and its exit code (see
@@ -104,6 +104,52 @@ def cmd_check(args: argparse.Namespace, ui: UI) -> int:
     return 0
 
 
+def cmd_interdiff(args: argparse.Namespace, ui: UI) -> int:
+    """Compare the generated change per patch: two upstreams, or this repository at a ref and now."""
+    from rewriter.review.interdiff import compare
+    from rewriter.review.report import RENDERERS
+    from rewriter.review.sides import (
+        apply_side,
+        generated_diff,
+        ref_checkout,
+        ref_paths,
+        release_label,
+        side,
+        upstream_of,
+    )
+
+    paths = _paths(args)
+    if args.from_ref:
+        if args.from_upstream or args.to_upstream:
+            raise UsageError("--from-ref compares two revisions of the patchsets; do not combine it with --from-upstream/--to-upstream")
+        upstream = _upstream(args)
+        new = apply_side(paths, upstream, ui)
+        new_side = side(new, args.patchset, "work tree")
+        with ref_checkout(Path(args.root), args.from_ref, ui.info) as (checkout, sha):
+            old = apply_side(ref_paths(paths, Path(args.root), checkout), upstream, ui)
+        names = old.applied.patchsets.names()
+        old_version = new_side.version if new_side.version in names else names[-1]
+        old_side = side(old, old_version, f"{args.from_ref} ({sha[:12]})")
+        generated = generated_diff(old.applied, old_version, new.applied, new_side.version)
+        diff = compare("ref", old_side, new_side, generated)
+    else:
+        if not (args.from_upstream and args.to_upstream):
+            raise UsageError("interdiff needs --from-upstream A --to-upstream B, or --from-ref REF")
+        if args.upstream or args.upstream_release:
+            raise UsageError("--from-upstream/--to-upstream name both upstreams; drop --upstream/--upstream-release")
+        before = apply_side(paths, upstream_of(args.from_upstream, paths.pin, args.upstream_repo), ui)
+        after = apply_side(paths, upstream_of(args.to_upstream, paths.pin, args.upstream_repo), ui)
+        diff = compare("upstream", side(before, args.patchset, release_label(before.applied)),
+                       side(after, args.patchset, release_label(after.applied)))
+    if args.html:
+        from rewriter.review.html import write_html
+
+        with ui.task(f"writing the review page {args.html}"):
+            write_html(diff, Path(args.html))
+    sys.stdout.write(RENDERERS[args.format](diff))
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace, ui: UI) -> int:
     from rewriter.emit.docs import documents, stale, write
     from rewriter.matrix import stale_doc
@@ -178,6 +224,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, UI], int]] = {
     "build": cmd_build,
     "diff": cmd_diff,
     "check": cmd_check,
+    "interdiff": cmd_interdiff,
     "docs": cmd_docs,
     "releases": cmd_releases,
     "matrix": cmd_matrix,
@@ -222,6 +269,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("version")
     d.add_argument("--against", choices=("upstream", "previous"), default="previous")
     sub.add_parser("check", parents=[common, upstream], help="validate patchsets and anchors, build nothing")
+    i = sub.add_parser("interdiff", parents=[common, upstream],
+                       help="per patch, how the generated change differs between two upstreams or two revisions")
+    i.add_argument("--from-upstream", metavar="A", help="old upstream: a release of the pin file (0.16.0) or a sha")
+    i.add_argument("--to-upstream", metavar="B", help="new upstream: a release of the pin file (0.16.1) or a sha")
+    i.add_argument("--from-ref", metavar="GIT_REF",
+                   help="compare the patchsets and pin at this ref of the repository with the work tree's")
+    i.add_argument("--patchset", metavar="VERSION", help="patchset version to compare (default: newest)")
+    i.add_argument("--format", choices=("text", "md", "json"), default="text",
+                   help="what to print: text, md (a CI job summary) or json (default: text)")
+    i.add_argument("--html", metavar="OUT", help="also write a self-contained HTML review page")
     docs = sub.add_parser("docs", parents=[common], help="render docs/patch-notes.md, configs/flags.yaml and the operations table")
     docs.add_argument("--check", action="store_true", help="fail if any of them is stale")
     rel = sub.add_parser("releases", help="list the upstream releases of the pin file, or add one")

@@ -53,7 +53,7 @@ def build_manifest(
             "version": version,
             "versions": [v for v in patchsets.names() if v in {p.version for p in series}] if version else [],
         },
-        "patches": [_patch_entry(p, result) for p in series],
+        "patches": [patch_entry(p, result) for p in series],
         "flags": [
             {
                 "name": f.name,
@@ -72,7 +72,7 @@ def build_manifest(
     }
 
 
-def _patch_entry(patch: Patch, result: SeriesResult) -> dict[str, Any]:
+def patch_entry(patch: Patch, result: SeriesResult) -> dict[str, Any]:
     return {
         "id": patch.id,
         "version": patch.version,

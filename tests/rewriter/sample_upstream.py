@@ -341,6 +341,20 @@ class Sample:
         return args + list(extra)
 
 
+def commit_project(sample: Sample) -> None:
+    """Make the sample project a git repository with everything committed (for ``interdiff --from-ref``)."""
+    git(sample.root, "init", "-q", "-b", "main")
+    git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "add", "--all")
+    git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "the project")
+
+
+def change_factor(sample: Sample, factor: int, commit: bool) -> None:
+    """Change the sample patch's template variable (the generated line becomes ``y = y * factor``)."""
+    sample.edit_patch("vars: {factor: 2}", f"vars: {{factor: {factor}}}")
+    if commit:
+        git(sample.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "factor")
+
+
 def line_of(text: str, needle: str) -> int:
     """1-based number of the first line of ``text`` that contains ``needle``."""
     for n, line in enumerate(text.splitlines(), 1):
