@@ -55,7 +55,7 @@ def parse(args: list[str]) -> argparse.Namespace:
 def test_it_is_a_workflow_that_never_runs_in_this_repository() -> None:
     data = workflow()
     on = data.get("on", data.get(True))  # YAML 1.1 reads the key `on` as true
-    assert set(on) == {"workflow_dispatch", "schedule"}
+    assert set(on) == {"workflow_dispatch", "schedule", "pull_request"}
     assert ".github" not in WORKFLOW.parts
     for step in steps():
         assert ("uses" in step) != ("run" in step), step
@@ -66,11 +66,13 @@ def test_it_is_a_workflow_that_never_runs_in_this_repository() -> None:
 def test_every_rewriter_call_is_accepted_by_the_cli() -> None:
     calls = [call for step in steps() if "run" in step for call in rewriter_calls(step["run"])]
     commands = {parse(call).command for call in calls}
-    assert commands == {"build", "matrix"}
+    assert commands == {"build", "matrix", "interdiff"}
     (build,) = [parse(call) for call in calls if call[0] == "build"]
     assert build.upstream == "$UPSTREAM_SHA" and build.upstream_repo == "upstream/Megatron-LM"
     assert build.python == "python$v"
     assert {parse(call).format for call in calls if call[0] == "matrix"} == {"md", "json"}
+    (interdiff,) = [parse(call) for call in calls if call[0] == "interdiff"]
+    assert interdiff.from_ref == "origin/$BASE_REF" and interdiff.format == "md" and interdiff.html
 
 
 def test_the_upstream_checkout_is_the_build_s_upstream_repo() -> None:
