@@ -59,15 +59,6 @@ class Layout:
         return [p for p in self.pieces if p.param == param]
 
 
-#: the whole model in one process on the meta device (as ``params`` counts it)
-_WHOLE_MODEL: dict[str, Any] = dict(
-    tensor_model_parallel_size=1, pipeline_model_parallel_size=1, expert_model_parallel_size=1,
-    expert_tensor_parallel_size=None, context_parallel_size=1, num_layers_per_virtual_pipeline_stage=None,
-    sequence_parallel=False, moe_grouped_gemm=False, use_cpu_initialization=True, perform_initialization=False,
-    init_model_with_meta_device=True,
-)
-
-
 def model_layout(params: Mapping[str, Any]) -> Layout:
     """The checkpoint layout of the model ``params`` (an experiment's resolved params) describes."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
@@ -75,7 +66,7 @@ def model_layout(params: Mapping[str, Any]) -> Layout:
 
     from primus_runtime.model.builder import build_gpt_model
     from primus_runtime.model.config_map import transformer_config
-    from primus_runtime.model.param_count import world_of_one
+    from primus_runtime.model.param_count import WHOLE_MODEL_ON_META, world_of_one
 
     if params.get("mtp_num_layers"):
         raise ConversionError("mtp_num_layers: multi-token-prediction layers are not converted; set it to null "
@@ -83,7 +74,7 @@ def model_layout(params: Mapping[str, Any]) -> Layout:
     # the vocabulary padded as the trainer pads it at the experiment's TP, though built here at TP=1
     divisible = int(params.get("make_vocab_size_divisible_by", 128)) * int(params.get("tensor_model_parallel_size", 1))
     params = {**params, "make_vocab_size_divisible_by": divisible}
-    config = transformer_config(params, **_WHOLE_MODEL)
+    config = transformer_config(params, **WHOLE_MODEL_ON_META)
     with world_of_one(), torch.device("meta"):
         model = build_gpt_model(params, config, use_te=False)
         sharded = model.sharded_state_dict(metadata={"singleton_local_shards": False})

@@ -18,7 +18,8 @@ from typing import Any
 from primus_runtime.errors import PrimusRuntimeError
 
 #: the single-process, meta-device build: one rank holds everything and nothing is initialised
-_WHOLE_MODEL_ON_META: dict[str, Any] = dict(
+#: (``params`` counts it; ``convert`` asks it for the checkpoint layout)
+WHOLE_MODEL_ON_META: dict[str, Any] = dict(
     tensor_model_parallel_size=1, pipeline_model_parallel_size=1, expert_model_parallel_size=1,
     expert_tensor_parallel_size=None, context_parallel_size=1, num_layers_per_virtual_pipeline_stage=None,
     sequence_parallel=False, moe_grouped_gemm=False, use_cpu_initialization=True, perform_initialization=False,
@@ -33,7 +34,7 @@ def count_parameters(params: Mapping[str, Any]) -> int:
     from primus_runtime.model.builder import build_gpt_model
     from primus_runtime.model.config_map import transformer_config
 
-    config = transformer_config(params, **_WHOLE_MODEL_ON_META)
+    config = transformer_config(params, **WHOLE_MODEL_ON_META)
     with world_of_one(), torch.device("meta"):
         model = build_gpt_model(params, config, use_te=False)
         return sum(p.numel() for p in model.parameters())
