@@ -46,6 +46,9 @@ def test_outputs(out: Path) -> None:
         "use_turbo_attention": "applied",
         "use_turbo_grouped_mlp": "applied",
         "use_turbo_deepep": "applied",
+        "dump_pp_data": "applied",
+        "decoder_pipeline_manual_split_list": "retired",  # upstream's pipeline_model_parallel_layout
+        "patch_zero_bubble": "applied",
         # declared for the manifest and the patch notes; primus_runtime implements them
         "trainer_trackers": "runtime",
         "trainer_resume_and_saving": "runtime",
@@ -89,7 +92,8 @@ def test_installs_and_imports_in_a_fresh_venv(out: Path, tmp_path: Path) -> None
                          "use_deprecated_20241209_moe_layer", "no_fp8_weight_transpose_cache",
                          "moe_use_fused_router_with_aux_score", "enable_primus_turbo", "use_turbo_attention",
                          "use_turbo_grouped_mlp", "use_turbo_grouped_gemm", "use_turbo_deepep", "turbo_deepep_num_cu",
-                         "turbo_deepep_use_comm_stream", "turbo_sync_free_moe_stage",
+                         "turbo_deepep_use_comm_stream", "turbo_sync_free_moe_stage", "dump_pp_data",
+                         "decoder_pipeline_manual_split_list", "patch_zero_bubble",
                          "disable_tensorboard", "disable_wandb",
                          "auto_continue_train", "disable_last_saving", "disable_compile_dependencies", "pp_warmup",
                          "disable_profiler_activity_cpu", "use_rocm_mem_info", "use_rocm_mem_info_iters",
