@@ -1,4 +1,4 @@
-"""GPU benchmark of ``python -m primus_runtime convert`` on a Llama 3.2 1B-shaped model (not run yet).
+"""GPU benchmark of ``python -m primus_runtime convert`` on a Llama 3.2 1B-shaped model.
 
     python benchmarks/bench_trainer.py stage           # here: default-flavor trees into .devicework/
     python benchmarks/bench_convert.py run OUT_DIR     # on a GPU machine (needs transformers, safetensors)
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_trainer import compile_helpers
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = REPO / ".devicework" / "patched"
@@ -69,6 +71,7 @@ def same_tensors(a: Path, b: Path) -> bool:
 def run(out: Path) -> None:
     sys.path.insert(0, str(REPO))
     out.mkdir(parents=True, exist_ok=True)
+    compile_helpers(TREE)  # the evaluation's mock data needs megatron's dataset helper
     results: dict = {}
     start = time.perf_counter()
     make_hf(out / "hf")
@@ -77,7 +80,7 @@ def run(out: Path) -> None:
                           str(EXP), "--out", str(out / "ckpt"), "--quiet"], results)
     timed("load (finetune) and evaluate", ["-m", "torch.distributed.run", "--nproc-per-node", "1", "-m",
                                            "primus_runtime", "train", "--exp", str(EXP), "--load", str(out / "ckpt"),
-                                           "--finetune", "--train_iters", "1", "--eval_interval", "1",
+                                           "--finetune", "--train_iters", "1", "--lr_warmup_iters", "0", "--eval_interval", "1",
                                            "--eval_iters", "8", "--workspace", str(out / "run")], results)
     timed("mcore-to-hf", ["-m", "primus_runtime", "convert", "mcore-to-hf", "--ckpt", str(out / "ckpt"), "--exp",
                           str(EXP), "--out", str(out / "back"), "--quiet"], results)

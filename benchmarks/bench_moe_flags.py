@@ -3,8 +3,8 @@ patched build against upstream in the same run.
 
 Two steps, because the GPU machine has no network and no megatron-core:
 
-    python benchmarks/bench_moe_flags.py stage          # here: source trees into .devicework/
-    python benchmarks/bench_moe_flags.py run OUT_DIR    # on the GPU machine (device tool)
+    python benchmarks/bench_moe_flags.py stage                  # here: source trees into .devicework/moe/
+    python benchmarks/bench_moe_flags.py run OUT_DIR [LABEL ...]  # on the GPU machine (device tool)
 
 ``stage`` writes two cpu-test-flavor trees of the pinned upstream, one without patches and one
 with the newest patchset. On a CUDA host the flavor's device module is ``torch.cuda`` itself;
@@ -12,11 +12,15 @@ it is used because upstream 0.16.1's MoE router cannot run without TransformerEn
 ``NameError`` on ``te_general_gemm``, see docs/cpu-testing.md) and TE is not on that machine.
 Both trees get the same treatment, so the comparison is fair. ``run`` trains each configuration
 with ``python -m primus_runtime train`` (megatron.core's GPTModel, DDP, optimizer and schedule;
-mock data) in bf16 on one GPU and prints a table from each run's ``logs/metrics.jsonl``.
+mock data) in bf16 on one GPU and prints a table from each run's ``logs/metrics.jsonl``: all of
+:data:`CONFIGS`, or those whose name starts with one of the LABELs. A configuration that needs a
+package the machine lacks (upstream's legacy ``GroupedMLP`` needs ``grouped_gemm``) is reported as
+not run, with the reason.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +34,8 @@ import yaml
 from bench_trainer import compile_helpers, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-WORK = REPO / ".devicework"
+#: its own folder, so that the default-flavor trees of bench_trainer.py can travel beside it
+WORK = REPO / ".devicework" / "moe"
 TIMING_WARMUP = 5  # iterations left out of the means (allocator and kernel warm-up)
 
 #: 20 steps of 8 sequences of 2048 tokens (2 per microbatch), bf16, Adam at 3e-4
@@ -50,6 +55,16 @@ DEEPSEEK: Model = ("deepseek_v2_base.yaml", {"num_layers": 4, "hidden_size": 204
                                       "moe_shared_expert_intermediate_size": 2816, "moe_layer_freq": 1})
 EVEN = {"moe_router_force_load_balancing": True, "moe_router_force_load_balancing_type": "even"}
 TURBO_EXPERTS = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
+#: upstream's legacy grouped path without TE: GroupedMLP over the grouped_gemm package
+LEGACY_GROUPED = {"moe_grouped_gemm": True, "moe_use_legacy_grouped_gemm": True}
+
+
+def sync_free(stage: int) -> dict[str, Any]:
+    return {"enable_primus_turbo": True, "turbo_sync_free_moe_stage": stage}
+
+
+#: configurations that need a package beyond torch: (name, module)
+NEEDS = {"mixtral upstream legacy GroupedMLP (grouped_gemm)": "grouped_gemm"}
 
 CONFIGS: list[tuple[str, str, Model, dict[str, Any]]] = [
     # (name, tree, (model file, architecture), flags)
@@ -62,6 +77,11 @@ CONFIGS: list[tuple[str, str, Model, dict[str, Any]]] = [
     ("mixtral moe_permute_fusion (no TE: torch path)", "patched", MIXTRAL, {"moe_permute_fusion": True}),
     # never run yet: torch grouped_mm on CUDA (bf16) in place of upstream's SequentialMLP loop
     ("mixtral use_turbo_grouped_mlp (torch grouped_mm)", "patched", MIXTRAL, TURBO_EXPERTS),
+    ("mixtral upstream legacy GroupedMLP (grouped_gemm)", "upstream", MIXTRAL, LEGACY_GROUPED),
+    # the whole step with the MoE layers free of host syncs (stage 2: portable dispatcher with
+    # device-sized buffers + grouped experts; stage 3: + fixed-size padded expert segments)
+    ("mixtral turbo_sync_free_moe_stage 2", "patched", MIXTRAL, sync_free(2)),
+    ("mixtral turbo_sync_free_moe_stage 3", "patched", MIXTRAL, sync_free(3)),
     ("deepseek upstream", "upstream", DEEPSEEK, {}),
     ("deepseek upstream, again (noise)", "upstream", DEEPSEEK, {}),
     ("deepseek patched, flags off", "patched", DEEPSEEK, {}),
@@ -114,12 +134,17 @@ def train(out_dir: Path, name: str, tree: str, model: Model, flags: dict[str, An
             "losses": [r["loss"] for r in records]}
 
 
-def run(out_dir: Path) -> None:
+def run(out_dir: Path, labels: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for tree in ("upstream", "patched"):
         compile_helpers(WORK / tree)
     rows = []
     for i, (name, tree, model, flags) in enumerate(CONFIGS):
+        if labels and not any(name.startswith(label) for label in labels):
+            continue
+        if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
+            print(f"{name}: not run: {NEEDS[name]} is not importable on this machine", flush=True)
+            continue
         result = train(out_dir, f"run{i}", tree, model, flags)
         if result is None:
             continue
@@ -130,20 +155,21 @@ def run(out_dir: Path) -> None:
     by_name = dict(rows)
     for family in ("mixtral", "deepseek"):
         base = by_name.get(f"{family} upstream")
-        for other in (f"{family} upstream, again (noise)", f"{family} patched, flags off",
-                      f"{family} use_turbo_grouped_mlp (torch grouped_mm)"):
+        others = [name for name, _ in rows if name.startswith(family) and name != f"{family} upstream"]
+        for other in others:
             run_ = by_name.get(other)
             if base and run_:
                 worst = max(abs(a - b) / abs(b) for a, b in zip(run_["losses"], base["losses"]))
                 print(f"{other} vs {family} upstream: step time {run_['step_ms'] / base['step_ms']:.3f}, "
-                      f"tokens/s {run_['tokens_per_s'] / base['tokens_per_s']:.3f}; losses bit-identical: "
+                      f"tokens/s {run_['tokens_per_s'] / base['tokens_per_s']:.3f}, "
+                      f"peak memory {run_['peak_gib'] / base['peak_gib']:.3f}; losses bit-identical: "
                       f"{run_['losses'] == base['losses']}, largest relative difference {worst:.2e}")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["stage"]:
         stage()
-    elif sys.argv[1:2] == ["run"] and len(sys.argv) == 3:
-        run(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["run"] and len(sys.argv) >= 3:
+        run(Path(sys.argv[2]), sys.argv[3:])
     else:
         sys.exit(__doc__)

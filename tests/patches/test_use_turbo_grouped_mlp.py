@@ -8,8 +8,9 @@ relative; each expert's rows go through one matmul of at most 32-wide dot produc
 (seen: bit-identical with grouped_mm, 3e-8 with the loop, whose F.linear is another kernel than
 upstream's linear layer).
 
-Never run here: the CUDA grouped_mm branch (no GPU; ``test_cuda_grouped_mm_dispatch_selection_logic_only``
-checks only which kernel would be chosen), the Primus-Turbo kernel (a DISPATCH test against a
+The CUDA grouped_mm branch runs only on a GPU host (``test_cuda_grouped_mm_matches_sequential_mlp_in_bf16``,
+the ``gpu`` marker; CI deselects it); on CPU ``test_cuda_grouped_mm_dispatch_selection_logic_only``
+checks only which kernel would be chosen. Never run here: the Primus-Turbo kernel (a DISPATCH test against a
 stand-in package written by this test: what is tested is which class is built and what it passes,
 never the Primus-Turbo kernel) and TransformerEngine's TEGroupedMLP (not installed: its branch is
 tested only for being refused when forced).
@@ -26,6 +27,11 @@ from tests.patches.turbo_probes import probe_result, write_standin
 pytestmark = pytest.mark.slow
 
 FP32 = 1e-5
+#: bf16 keeps 8 significant bits. Both paths accumulate in fp32 and round to bf16 at the same points
+#: (fc1 output, activation, fc2 output, and the matching gradients), so a different summation
+#: order moves each rounded value by at most one unit in the last place (2**-8 relative); a chain
+#: of at most four such roundings bounds the relative (norm) difference by 4 * 2**-8.
+BF16 = 4 * 2.0**-8
 
 STANDIN_OPS = '''
 """A stand-in for Primus-Turbo's ops, written by tests/patches/test_use_turbo_grouped_mlp.py."""
@@ -44,8 +50,8 @@ def grouped_gemm(a, b, group_lens, trans_b=False):
 
 
 def probe(tree: Path, mode: str, *args: str, extra_path: Path | None = None,
-          env: dict[str, str] | None = None) -> dict:
-    return probe_result("turbo_grouped_mlp_probe.py", tree, mode, *args, extra_path=extra_path, env=env)
+          env: dict[str, str] | None = None, fresh: bool = False) -> dict:
+    return probe_result("turbo_grouped_mlp_probe.py", tree, mode, *args, extra_path=extra_path, env=env, fresh=fresh)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +117,23 @@ def test_cuda_grouped_mm_dispatch_selection_logic_only(patched: Path) -> None:
         "cuda_fp32_sm90": "loop", "cuda_fp16_sm90": "loop", "cuda_bf16_sm90_odd_width": "loop",
         "cpu_fp32": "grouped_mm", "cpu_bf16": "grouped_mm", "cpu_fp64": "loop", "cpu_fp32_odd_width": "loop",
         "primus_turbo_cuda_bf16": "primus_turbo"}
+
+
+@pytest.mark.gpu
+def test_cuda_grouped_mm_matches_sequential_mlp_in_bf16(trees: dict[str, Path]) -> None:
+    """GPU only (selected where CUDA is): torch's CUDA grouped_mm against SequentialMLP in bf16,
+    with empty experts and no tokens at all; and the grouped forward and backward make no host sync
+    under ``torch.cuda.set_sync_debug_mode("error")`` while SequentialMLP's (which reads the counts
+    with ``tolist``) raises, so the check can fail."""
+    got = probe(trees["patched"], "cuda", fresh=True)
+    sync = got.pop("sync_debug")
+    for name, case in got.items():
+        assert case["types"] == ["SequentialMLP", "TorchGroupedMLP"], name
+        assert case["kernel"] == ["grouped_mm", "grouped_mm"], name
+        for what in ("output", "grad_hidden", "grad_probs", "grad_weights"):
+            assert case[what] < BF16, (name, what, case)
+    assert sync["grouped_mm"] is None, sync
+    assert sync["sequential"] is not None and "synchroniz" in sync["sequential"], sync
 
 
 def test_dispatch_picks_torch_and_refuses_a_forced_backend_that_is_absent(patched: Path) -> None:

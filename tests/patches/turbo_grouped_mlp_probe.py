@@ -20,6 +20,9 @@ modes:
               primus_turbo on the path); with the stand-in, what its grouped_gemm was called with
   dispatch    select_kernel over devices, dtypes, compute capabilities and widths (the selection
               logic only: no CUDA device runs here)
+  cuda        GPU only: the experts of ``experts`` moved to the GPU in bf16, SequentialMLP against
+              torch's CUDA grouped_mm (empty experts, no tokens), the kernel chosen, and whether
+              the grouped forward and backward pass ``torch.cuda.set_sync_debug_mode("error")``
 """
 
 from __future__ import annotations
@@ -79,13 +82,15 @@ def stacked_grad(experts, which: str) -> torch.Tensor:
     return torch.stack([getattr(e, f"linear_{which}").weight.grad for e in experts.local_experts])
 
 
-def run_experts(experts, counts: list[int], seed: int = 5):
+def run_experts(experts, counts: list[int], seed: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """One forward and backward over ``counts`` tokens per expert: inputs drawn on the CPU in fp32
+    (the same numbers on any device), then moved; the counts tensor lives on ``device``."""
     gen = torch.Generator().manual_seed(seed)
     tokens = sum(counts)
-    hidden = torch.randn(tokens, HIDDEN, generator=gen, requires_grad=True)
-    probs = torch.rand(tokens, generator=gen).requires_grad_()
-    out, bias = experts(hidden, torch.tensor(counts), probs)
-    weight = torch.randn(out.shape, generator=gen)
+    hidden = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype).requires_grad_()
+    probs = torch.rand(tokens, generator=gen).to(device, dtype).requires_grad_()
+    out, bias = experts(hidden, torch.tensor(counts, device=device), probs)
+    weight = torch.randn(out.shape, generator=gen).to(device, dtype)
     (out * weight).sum().backward()
     return out.detach(), hidden.grad, probs.grad, bias
 
@@ -268,6 +273,43 @@ def backend() -> dict:
     return out
 
 
+def cuda() -> dict:
+    """SequentialMLP against the grouped experts on the GPU in bf16 (both built in fp32 from the same
+    seed, then moved), and the grouped forward and backward under CUDA's sync debug mode."""
+    from megatron.core._primus.turbo import grouped_mlp
+
+    start_single_process()
+    bf16 = torch.bfloat16
+    out: dict = {}
+    for name in ("mixed", "empty_ends", "no_tokens"):
+        upstream = moe_layer(config()).experts.to("cuda", bf16)
+        turbo = moe_layer(config(enable_primus_turbo=True, use_turbo_grouped_mlp=True)).experts.to("cuda", bf16)
+        want = run_experts(upstream, COUNTS[name], device="cuda", dtype=bf16)
+        got = run_experts(turbo, COUNTS[name], device="cuda", dtype=bf16)
+        out[name] = {"types": [type(upstream).__name__, type(turbo).__name__],
+                     "kernel": [grouped_mlp.select_kernel("torch", "cuda", w.dtype,
+                                                          tuple(torch.cuda.get_device_capability()), w.size(2), w.size(1))
+                                for w in (turbo.weight1, turbo.weight2)],
+                     "output": rel(got[0], want[0]), "grad_hidden": rel(got[1], want[1]),
+                     "grad_probs": rel(got[2], want[2]),
+                     "grad_weights": max(rel(stacked_grad(turbo, w), stacked_grad(upstream, w)) for w in ("fc1", "fc2"))}
+    sync_errors = {}
+    for name, overrides in (("grouped_mm", {}), ("sequential", None)):
+        flags = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True, **overrides} if overrides is not None else {}
+        experts = moe_layer(config(**flags)).experts.to("cuda", bf16)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            run_experts(experts, COUNTS["mixed"], device="cuda", dtype=bf16)
+            sync_errors[name] = None
+        except RuntimeError as error:
+            sync_errors[name] = str(error).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    out["sync_debug"] = sync_errors
+    return out
+
+
 def dispatch() -> dict:
     from megatron.core._primus.turbo.grouped_mlp import select_kernel
 
@@ -291,7 +333,7 @@ def dispatch() -> dict:
 if __name__ == "__main__":
     mode = sys.argv[1]
     modes = {"experts": experts, "syncs": syncs, "refusals": refusals, "backend": backend, "dispatch": dispatch,
-             "checkpoint": lambda: checkpoint(sys.argv[2])}
+             "cuda": cuda, "checkpoint": lambda: checkpoint(sys.argv[2])}
     result = modes[mode]()
     print("RESULT " + json.dumps(result))
     if torch.distributed.is_initialized():

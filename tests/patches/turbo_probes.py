@@ -18,11 +18,15 @@ HERE = Path(__file__).parent
 
 
 def probe_result(script: str, tree: Path, mode: str, *args: str, extra_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> dict:
-    """The last ``RESULT {...}`` line of ``python <script> <mode> <args>`` (a probe beside this file)."""
+                 env: dict[str, str] | None = None, fresh: bool = False) -> dict:
+    """The last ``RESULT {...}`` line of ``python <script> <mode> <args>`` (a probe beside this file);
+    ``fresh``: in a new interpreter rather than forked, as a probe that uses CUDA must be (on a GPU
+    host, importing megatron.core initialises CUDA in the server, and a forked child cannot again)."""
     path = str(HERE / script)
     env = {"PRIMUS_TURBO_BACKEND": "", **(env or {})}  # unset unless a test forces one
-    if extra_path is None:
+    if fresh:
+        proc = run_python(path, mode, *args, tree=tree, check=False, env=env)
+    elif extra_path is None:
         proc = fork_server(tree).run(path, mode, *args, env=env, check=False)
     else:
         proc = run_python(path, mode, *args, tree=tree, check=False,
