@@ -12,11 +12,21 @@ Protocol: one JSON object per line on stdin, ``{"argv": [...], "env": {...}, "cw
 ``-m MODULE ARGS``); one JSON line back per request on stdout,
 ``{"returncode": N, "stdout": "...", "stderr": "..."}``. The first line written is ``ready``.
 
+A request with ``"nproc": N`` and ``"master_port": P`` starts a distributed job instead: N forked
+children, one rank each, with the environment torchrun gives its workers (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) but no agent: rank 0 hosts
+the ``env://`` rendezvous store, as under any launcher without one. Re-importing torch and
+megatron in every rank is most of a short training run's time on CI's 2 cores; forking saves it.
+When a rank fails, the others get ``RANK_GRACE_S`` to end on their own (the runtime's fatal-error
+watch ends them with the failing rank's message) and are then killed, as torchrun's agent would.
+The answer holds every rank's output in rank order and the first failing rank's exit status.
+
 usage: python fork_server.py MODULE[,MODULE...]   (the modules to import before forking)
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -24,7 +34,13 @@ import runpy
 import signal
 import sys
 import tempfile
+import time
 import traceback
+
+#: how long the other ranks of a job may run on after one failed, before they are killed: the
+#: runtime's fatal-error watch (primus_runtime/trainer/fatal.py) polls each second and the failing
+#: rank waits up to 10 s for the others to see its message
+RANK_GRACE_S = 15.0
 
 
 def serve(preload: list[str]) -> None:
@@ -35,7 +51,8 @@ def serve(preload: list[str]) -> None:
     channel.write("ready\n")
     for line in sys.stdin:
         request = json.loads(line)
-        channel.write(json.dumps(run_in_child(request)) + "\n")
+        answer = run_ranks(request) if request.get("nproc") else run_in_child(request)
+        channel.write(json.dumps(answer) + "\n")
 
 
 def run_in_child(request: dict) -> dict:
@@ -50,6 +67,58 @@ def run_in_child(request: dict) -> dict:
             return {"returncode": returncode, "stdout": out.read(), "stderr": err.read()}
 
 
+def run_ranks(request: dict) -> dict:
+    """One distributed job of ``request["nproc"]`` forked ranks (see the module's docstring)."""
+    nproc = int(request["nproc"])
+    with tempfile.TemporaryDirectory(prefix="fork-ranks-") as tmp:
+        ranks: dict[int, int] = {}
+        for rank in range(nproc):
+            env = {**(request.get("env") or {}), "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0",
+                   "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(request["master_port"])}
+            pid = os.fork()
+            if pid == 0:
+                os._exit(child({**request, "env": env}, os.path.join(tmp, f"out{rank}"), os.path.join(tmp, f"err{rank}")))
+            ranks[pid] = rank
+        codes = wait_for_ranks(ranks)
+        outs, errs = [], []
+        for rank in range(nproc):
+            with open(os.path.join(tmp, f"out{rank}"), errors="replace") as out:
+                outs.append(out.read())
+            with open(os.path.join(tmp, f"err{rank}"), errors="replace") as err:
+                errs.append(err.read())
+    failed = [(rank, code) for rank, code in sorted(codes.items(), key=lambda item: item[0]) if code != 0]
+    errs += [f"fork launcher: rank {rank} {describe_exit(code)}\n" for rank, code in failed]
+    first = min(failed, key=lambda item: item[1] < 0) if failed else None  # an exit status before a signal
+    return {"returncode": first[1] if first else 0, "stdout": "".join(outs), "stderr": "".join(errs)}
+
+
+def wait_for_ranks(ranks: dict[int, int]) -> dict[int, int]:
+    """Each rank's exit status (negative: killed by that signal); once one fails, the rest get
+    ``RANK_GRACE_S`` and are then killed."""
+    codes: dict[int, int] = {}
+    deadline: float | None = None
+    while len(codes) < len(ranks):
+        pid, status = os.waitpid(-1, os.WNOHANG if deadline is not None else 0)
+        if pid == 0:
+            if time.monotonic() > deadline:
+                for other in ranks.keys() - {p for p, r in ranks.items() if r in codes}:
+                    os.kill(other, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.1)
+            continue
+        codes[ranks[pid]] = os.waitstatus_to_exitcode(status)
+        if codes[ranks[pid]] != 0 and deadline is None:
+            deadline = time.monotonic() + RANK_GRACE_S
+    return codes
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with status {code}"
+
+
 def child(request: dict, out_path: str, err_path: str) -> int:
     """Run the request as ``python ARGV`` would, in this forked process; return its exit status."""
     for fd, path in ((1, out_path), (2, err_path)):
@@ -60,6 +129,10 @@ def child(request: dict, out_path: str, err_path: str) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.stdin = open(0, closefd=False)
+    if request.get("nproc"):
+        # the exit handlers inherited from the server are the server's (its temporary folders'
+        # finalizers among them): a rank runs only those its own run registers, when it ends
+        atexit._clear()
     signal.alarm(int(request.get("timeout") or 0))  # a hung child ends (SIGALRM) instead of the test run
     os.environ.update(request.get("env") or {})
     if request.get("cwd"):
@@ -74,6 +147,10 @@ def child(request: dict, out_path: str, err_path: str) -> int:
     except BaseException:  # noqa: B036 - the child reports every failure as python would
         traceback.print_exc()
         code = 1
+    if request.get("nproc"):
+        # a rank ends as an interpreter does, short of finalization: the exit handlers its run
+        # registered (trackers, logging) run; C++ destructors (gloo's threads) do not
+        atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     return code

@@ -80,7 +80,11 @@ class ForkServer:
             timeout: int = 900) -> subprocess.CompletedProcess[str]:
         """``python ARGS`` as a forked child of this server; the same result ``run_python`` gives
         (a child still running after ``timeout`` seconds is killed: return code -14, SIGALRM)."""
-        request = {"argv": list(args), "env": dict(env or {}), "cwd": str(cwd or REPO), "timeout": timeout}
+        return self._request({"argv": list(args), "env": dict(env or {}), "cwd": str(cwd or REPO), "timeout": timeout},
+                             check)
+
+    def _request(self, request: dict, check: bool) -> subprocess.CompletedProcess[str]:
+        args = request["argv"]
         with self.lock:
             assert self.proc.stdin and self.proc.stdout
             self.proc.stdin.write(json.dumps(request) + "\n")
@@ -90,6 +94,14 @@ class ForkServer:
         got = json.loads(line)
         proc = subprocess.CompletedProcess([sys.executable, *args], got["returncode"], got["stdout"], got["stderr"])
         return check_result(proc, " ".join(args)[:200]) if check else proc
+
+    def run_ranks(self, nproc: int, *args: str, cwd: Path | None = None, check: bool = True,
+                  env: Mapping[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+        """``python ARGS`` as a distributed job of ``nproc`` forked ranks on an ``env://`` rendezvous
+        (what torchrun's workers see, without its agent and its fresh interpreters); every rank's
+        output, in rank order, and the first failing rank's exit status."""
+        return self._request({"argv": list(args), "env": dict(env or {}), "cwd": str(cwd or REPO), "timeout": timeout,
+                              "nproc": nproc, "master_port": free_port()}, check)
 
     def close(self) -> None:
         """Stop the server: it holds no state worth an orderly exit (its children have ended)."""

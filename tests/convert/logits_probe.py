@@ -1,6 +1,6 @@
 """Run tokens through the trainer's GPTModel loaded from a checkpoint, at any TP/PP; save the logits.
 
-``python logits_probe.py EXP CKPT TOKENS OUT [--key value ...]`` under torchrun (gloo) or alone.
+``python logits_probe.py EXP CKPT TOKENS OUT [--key value ...]`` as ranks of a job (gloo) or alone.
 The model is built as the trainer builds it and loaded with megatron's dist_checkpointing, as the
 trainer's ``finetune`` loads it; pipeline stages pass hidden states by send/recv, tensor-parallel
 logits are gathered; the last stage's first rank of the first data-parallel replica writes the full logits to OUT.

@@ -20,7 +20,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file
 
-from tests.procs import free_port
+from tests.procs import fork_server
 from tests.runtime.conftest import run_in_tree
 
 HERE = Path(__file__).resolve().parent
@@ -93,9 +93,9 @@ def probe(tree: Path, folder: Path, exp: Path, ckpt: Path, nproc: int = 1, **lay
     cli = [arg for key, value in layout.items() for arg in (f"--{key}", str(value))]
     args = [str(PROBE), str(exp), str(ckpt), str(folder / "tokens.pt"), str(out), *cli]
     if nproc > 1:
-        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-                *args]
-    run_in_tree(tree, *args)
+        fork_server(tree).run_ranks(nproc, *args)
+    else:
+        run_in_tree(tree, *args)
     return torch.load(out)
 
 

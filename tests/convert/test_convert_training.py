@@ -1,4 +1,4 @@
-"""A converted checkpoint in ``python -m primus_runtime train`` (torchrun, gloo): ``load`` + ``finetune``
+"""A converted checkpoint in ``python -m primus_runtime train`` (forked ranks, gloo): ``load`` + ``finetune``
 at TP=1 and at TP=2 train alike from it, and the checkpoint the TP=2 run saves (optimizer and all,
 in TP=2 chunks) converts back to Hugging Face tensors of the original names and shapes."""
 
@@ -11,7 +11,7 @@ import torch
 
 from tests.convert.test_convert import convert, llama_config, make_hf, tensors
 from tests.runtime.conftest import helpers_dir  # noqa: F401  (a fixture)
-from tests.runtime.trainer_helpers import make_trainer_tree, metrics, torchrun, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, write_experiment
 
 pytestmark = pytest.mark.training
 
@@ -30,7 +30,7 @@ def test_train_finetunes_from_a_converted_checkpoint(cpu_trees: dict[str, Path],
         run = write_experiment(tmp_path, f"tp{tp}", {**options, "load": str(ckpt), "finetune": True,
                                                      "tensor_model_parallel_size": tp,
                                                      "save": str(tmp_path / f"saved-tp{tp}")})
-        torchrun(tree, run, nproc=tp)
+        forked_ranks(tree, run, nproc=tp)
         losses[tp] = [record["loss"] for _, record in sorted(metrics(tmp_path / f"tp{tp}").items())]
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     assert losses[1][0] < 7.0  # ~ln(512) from the random HF weights, not a failed load

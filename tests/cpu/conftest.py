@@ -1,4 +1,9 @@
-"""Training through ``python -m primus_runtime train`` under torchrun (gloo) over the session's cpu-test trees.
+"""Training through ``python -m primus_runtime train`` (gloo) over the session's cpu-test trees.
+
+Each run is a job of forked ranks (``ForkServer.run_ranks`` of tests/procs.py): the environment
+torchrun gives its workers, without a fresh interpreter per rank, which on CI's 2 cores would cost
+most of a short run re-importing torch and megatron. tests/runtime/test_trainer_runs.py keeps
+training under torchrun itself.
 
 The trees are ``cpu_trees`` of tests/conftest.py, ``upstream`` (no patches) and ``patched`` (the
 newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset
@@ -19,15 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.procs import free_port
-from tests.runtime.conftest import helpers_dir, run_in_tree  # noqa: F401  (helpers_dir is a fixture)
+from tests.procs import fork_server
+from tests.runtime.conftest import helpers_dir  # noqa: F401  (a fixture)
 from tests.runtime.trainer_helpers import make_trainer_tree, metrics, write_experiment
 
 MODELS = {"dense": "tiny_llama.yaml", "moe": "tiny_mixtral.yaml", "deepseek": "tiny_deepseek_v2.yaml"}
@@ -39,7 +42,7 @@ _EXPERTS_LINE = re.compile(r"model layers' experts: (.*)$", re.MULTILINE)
 
 
 class Trainer:
-    """Runs ``primus_runtime train`` under torchrun against a tree; remembers every run of the session."""
+    """Runs ``primus_runtime train`` as forked ranks against a tree; remembers every run of the session."""
 
     def __init__(self, trees: dict[str, Path], workdir: Path) -> None:
         self.trees, self.workdir = trees, workdir
@@ -75,12 +78,8 @@ class Trainer:
     def _train(self, tree: str, nproc: int, model: str, options: dict[str, Any]) -> dict[str, Any]:
         name = f"run-{len(self.runs) + len(self.starts)}"
         exp = write_experiment(self.workdir, name, options, model=MODELS[model])
-        proc = self._launch(tree, nproc, exp)
-        if proc.returncode != 0 and _aborted_without_an_error(proc.stderr):
-            # a gloo thread aborting (SIGABRT) at process exit, with no error from the runtime (seen
-            # in CI on a loaded 2-core machine): run once more rather than fail on teardown noise
-            shutil.rmtree(self.workdir / name, ignore_errors=True)
-            proc = self._launch(tree, nproc, exp)
+        proc = fork_server(self.trees[tree]).run_ranks(nproc, "-m", "primus_runtime", "train", "--exp", str(exp),
+                                                       cwd=self.workdir, check=False)
         if proc.returncode != 0:
             errors = [line for line in proc.stderr.splitlines() if "Error" in line or line.startswith("error: ")]
             return {"failed": True, "errors": errors, "stderr": proc.stderr[-4000:]}
@@ -92,19 +91,6 @@ class Trainer:
                 "mlp_classes": mlps.group(1).split(", ") if mlps else [],
                 "expert_classes": experts.group(1).split(", ") if experts else [], "exp_root": self.workdir / name}
 
-    def _launch(self, tree: str, nproc: int, exp: Path) -> subprocess.CompletedProcess[str]:
-        return run_in_tree(self.trees[tree], "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                           "--master-port", str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp),
-                           cwd=self.workdir, check=False)
-
-
-def _aborted_without_an_error(stderr: str) -> bool:
-    """A rank died of SIGABRT and no rank reported an error (torchrun's own ChildFailedError
-    traceback follows any rank's death, so a Python traceback alone is not a runtime error)."""
-    aborted = "terminate called without an active exception" in stderr or "Signal 6 (SIGABRT)" in stderr
-    reported = any(line.startswith("error: ") or line.startswith("[rank") and "Error" in line
-                   for line in stderr.splitlines())
-    return aborted and not reported
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The pipeline flags in real CPU training (gloo, torchrun): ``dump_pp_data`` and
+"""The pipeline flags in real CPU training (gloo, forked ranks): ``dump_pp_data`` and
 ``decoder_pipeline_manual_split_list``.
 
 ``decoder_pipeline_manual_split_list``: PP=2 with an uneven split, and PP=2 x VPP=2, train like

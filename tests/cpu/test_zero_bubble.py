@@ -1,4 +1,4 @@
-"""``patch_zero_bubble`` in real CPU training (gloo, torchrun): the ZB-H1 pipeline schedule.
+"""``patch_zero_bubble`` in real CPU training (gloo, forked ranks): the ZB-H1 pipeline schedule.
 
 PP=2 and PP=4 (the tiny Llama with 4 layers, 4 microbatches per step) train 10 steps with the
 flag on and off from the same initialisation: losses and gradient norms agree to 1e-5 (the

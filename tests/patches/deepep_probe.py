@@ -1,7 +1,7 @@
 """Run real ``MoELayer``s with the Turbo DeepEP dispatcher and with upstream's alltoall dispatcher.
 
-Launched by torchrun (gloo on CPU, NCCL on a GPU; any world size = the expert-parallel size) in a
-cpu-test flavor tree (or a default tree on a GPU). Each case builds the MoE MLP of megatron's local
+Launched as the ranks of a job, forked by the tests or by torchrun (gloo on CPU, NCCL on a GPU; any
+world size = the expert-parallel size) in a cpu-test flavor tree (or a default tree on a GPU). Each case builds the MoE MLP of megatron's local
 GPT layer spec twice -- a reference config and a candidate config -- with the reference's weights
 copied into the candidate, runs forward and backward on the same per-rank input and output
 gradient. One launch runs a list of cases and writes each rank's results, in order, to

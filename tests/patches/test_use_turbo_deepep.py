@@ -1,7 +1,7 @@
 """use_turbo_deepep, turbo_deepep_num_cu, turbo_deepep_use_comm_stream, turbo_sync_free_moe_stage.
 
 Spec D10-D13 (shared/reference/flags-spec.md). The portable dispatcher (no deep_ep here) runs in
-real ``MoELayer``s under torchrun with gloo (``deepep_probe.py``) and is compared with upstream's
+real ``MoELayer``s as forked ranks with gloo (``deepep_probe.py``) and is compared with upstream's
 alltoall dispatcher built from the same weights: outputs and every gradient within fp32 rounding,
 dispatch -> identity experts -> combine returns ``hidden * sum(probs)``, and the per-expert counts
 exchanged on the device equal the routing map's columns summed over the EP group. The sync-free
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.patches.conftest import HERE, json_arg, run_probe
-from tests.procs import free_port, run_python
+from tests.procs import fork_server, free_port, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,16 @@ def stage(n: int) -> dict:
 
 
 def launch(tree: Path, tmp_path: Path, name: str, cases: list[dict], nproc: int = 2, cuda: bool = False) -> list:
-    """Run deepep_probe.py's cases under torchrun; rank 0's results (every rank's are checked alike)."""
+    """Run deepep_probe.py's cases as ``nproc`` ranks: forked from the tree's fork server on the CPU,
+    under torchrun on a GPU (where importing megatron.core initialises CUDA in the server, and a
+    forked child cannot again); rank 0's results (every rank's are checked alike)."""
     out = tmp_path / name
-    run_python("-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-               str(HERE / "deepep_probe.py"), str(out), json_arg({"cases": cases, "cuda": cuda}), tree=tree)
+    args = [str(HERE / "deepep_probe.py"), str(out), json_arg({"cases": cases, "cuda": cuda})]
+    if cuda:
+        run_python("-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
+                   *args, tree=tree)
+    else:
+        fork_server(tree).run_ranks(nproc, *args)
     ranks = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in range(nproc)]
     for results in ranks[1:]:
         assert [r.get("candidate") for r in results] == [r.get("candidate") for r in ranks[0]]

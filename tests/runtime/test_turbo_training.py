@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.trainer_helpers import make_trainer_tree, metrics, torchrun, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, write_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.training]
 
@@ -28,9 +28,9 @@ def tree(cpu_trees: dict[str, Path], helpers_dir: Path, tmp_path_factory: pytest
 
 def test_turbo_attention_trains_like_upstream_attention_and_under_tensor_parallelism(
         tree: Path, tmp_path: Path) -> None:
-    torchrun(tree, write_experiment(tmp_path, "off", {"train_iters": 3}), nproc=1)
-    one = torchrun(tree, write_experiment(tmp_path, "on", TURBO), nproc=1)
-    torchrun(tree, write_experiment(tmp_path, "on_tp2", {**TURBO, "tensor_model_parallel_size": 2}))
+    forked_ranks(tree, write_experiment(tmp_path, "off", {"train_iters": 3}), nproc=1)
+    one = forked_ranks(tree, write_experiment(tmp_path, "on", TURBO), nproc=1)
+    forked_ranks(tree, write_experiment(tmp_path, "on_tp2", {**TURBO, "tensor_model_parallel_size": 2}))
     off, on, tp2 = (metrics(tmp_path / name) for name in ("off", "on", "on_tp2"))
     assert off.keys() == on.keys() == tp2.keys() == {1, 2, 3}
     for it in off:
@@ -42,7 +42,7 @@ def test_turbo_attention_trains_like_upstream_attention_and_under_tensor_paralle
 def test_a_bf16_model_keeps_every_parameter_in_bf16(tree: Path, tmp_path: Path) -> None:
     """bf16 models are wrapped in Float16Module as Megatron-LM does: norm weights too are bf16 (with
     fp32 norm weights torch's RMSNorm falls back to an unfused fp32 path on the GPU)."""
-    proc = torchrun(tree, write_experiment(tmp_path, "bf16", {**TURBO, "train_iters": 2, "bf16": True}), nproc=1)
+    proc = forked_ranks(tree, write_experiment(tmp_path, "bf16", {**TURBO, "train_iters": 2, "bf16": True}), nproc=1)
     assert "parameters on this rank (bfloat16)" in proc.stderr
     losses = [m["loss"] for m in metrics(tmp_path / "bf16").values()]
     assert len(losses) == 2 and all(loss == loss for loss in losses)

@@ -1,4 +1,4 @@
-"""Helpers for the trainer's tests: a megatron tree to train with, an experiment, torchrun.
+"""Helpers for the trainer's tests: a megatron tree to train with, an experiment, a launcher.
 
 The trainer tree is a copy of the patched cpu-test tree with megatron's C++ dataset helper
 (``helpers_cpp``) compiled into it, as a wheel has it (the source tree does not; GPTDataset,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.procs import free_port
+from tests.procs import fork_server, free_port
 from tests.runtime.conftest import REPO, run_in_tree
 
 EXAMPLE = REPO / "configs" / "examples" / "tiny_llama-cpu.yaml"
@@ -43,11 +43,24 @@ def write_experiment(folder: Path, name: str, overrides: dict, model: str = "tin
     return path
 
 
+#: trackers that are enabled in a test log offline and quietly
+TRACKER_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
 def torchrun(tree: Path, exp: Path, *cli: str, nproc: int = 2, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``train`` under torchrun itself: its agent, its store and a fresh interpreter per rank."""
     return run_in_tree(tree, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                        str(free_port()), "-m", "primus_runtime", "train", "--exp", str(exp), *cli,
-                       check=check, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})})
+                       check=check, env={**TRACKER_ENV, **(env or {})})
+
+
+def forked_ranks(tree: Path, exp: Path, *cli: str, nproc: int = 2, check: bool = True,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``train`` as ``nproc`` ranks forked from the tree's fork server (tests/procs.py): what
+    torchrun's workers see, seconds faster per run where only the training is under test."""
+    return fork_server(tree).run_ranks(nproc, "-m", "primus_runtime", "train", "--exp", str(exp), *cli,
+                                       check=check, env={**TRACKER_ENV, **(env or {})})
 
 
 def metrics(exp_root: Path) -> dict[int, dict]:
