@@ -44,6 +44,17 @@ class EditReport:
     #: which form of the edit ran: ``default`` or ``variants[<n>]`` (see ``Edit.for_release``)
     variant: str = "default"
 
+    def describe(self, with_status: bool = True) -> str:
+        """``edits[i] (op) at file::target[: status][: message][ (nearest: ...)]``: the one wording
+        of an edit's outcome in drift errors and in the release matrix."""
+        where = f"{self.file}::{self.target}" if self.target else self.file
+        text = f"edits[{self.index}] ({self.op}) at {where}"
+        for part in ((self.status,) if with_status else ()) + ((self.message,) if self.message else ()):
+            text += f": {part}"
+        if self.candidates:
+            text += f" (nearest: {', '.join(self.candidates)})"
+        return text
+
 
 @dataclass
 class FileOutcome:
@@ -290,15 +301,7 @@ def _verify_stable(outcome: FileOutcome, edits: list[tuple[Patch, int, Edit]], r
 
 def _drift_message(failures: list[EditReport], upstream_label: str) -> str:
     """One line: every failing edit with patch, file, target, status, nearest candidates, source."""
-    lines = []
-    for r in failures:
-        where = f"{r.file}::{r.target}" if r.target else r.file
-        line = f"patch {r.patch} edits[{r.index}] ({r.op}) at {where}: {r.status}"
-        if r.message:
-            line += f": {r.message}"
-        if r.candidates:
-            line += f"; nearest: {', '.join(r.candidates)}"
-        lines.append(line + f" [{r.source}]")
+    lines = [f"patch {r.patch} {r.describe()} [{r.source}]" for r in failures]
     return (
         f"{len(failures)} edit(s) do not apply to upstream {upstream_label}: " + "; ".join(lines)
         + ". Fix the anchor in the patch (`python -m rewriter check` re-runs this) or retire the patch."

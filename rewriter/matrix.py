@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rewriter.cache import JsonCache, cache_key
-from rewriter.engine import EditReport, SeriesResult, apply_series
+from rewriter.engine import SeriesResult, apply_series
 from rewriter.errors import RewriterError
 from rewriter.ops.import_module import ReleaseTree
 from rewriter.patchset.model import Patch, Patchsets
@@ -99,7 +99,7 @@ def _verdict(patch: Patch, result: SeriesResult, problems: list[Problem], versio
     if status == "runtime":
         reason = "implemented by primus_runtime"
     elif status not in ("applied", "retired"):
-        reason = "; ".join(_edit_reason(r) for r in reports if r.status == status)
+        reason = "; ".join(r.describe(with_status=False) for r in reports if r.status == status)
     elif mine:
         status = "broken"
         reason = "; ".join(str(p) for p in mine)
@@ -111,16 +111,6 @@ def _verdict(patch: Patch, result: SeriesResult, problems: list[Problem], versio
         reason = f"{n} edit(s) applied" + (f", {sum(1 for r in reports if r.status == 'already-present')} present"
                                           if any(r.status == "already-present" for r in reports) else "")
     return PatchVerdict(patch.id, patch.version, status, reason, variants)
-
-
-def _edit_reason(r: EditReport) -> str:
-    where = f"{r.file}::{r.target}" if r.target else r.file
-    text = f"edits[{r.index}] ({r.op}) at {where}"
-    if r.message:
-        text += f": {r.message}"
-    if r.candidates:
-        text += f" (nearest: {', '.join(r.candidates)})"
-    return text
 
 
 # -- several releases, cached ---------------------------------------------------------------------

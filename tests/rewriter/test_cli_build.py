@@ -147,7 +147,7 @@ def test_missing_anchor_exits_4(sample: Sample, capsys: pytest.CaptureFixture[st
     err = drift_stderr(capsys.readouterr().err)
     assert "1 edit(s) do not apply to upstream" in err
     assert f"patch double_output edits[1] (insert_statements) at {BLOCK}::scale: anchor-missing" in err
-    assert "nearest: y = x * config.hidden_size [" in err
+    assert "(nearest: y = x * config.hidden_size) [" in err
     assert f"[{PATCH}:{line_of(text, 'op: insert_statements')}]" in err
     assert_untouched(sample.out)
 
@@ -157,7 +157,7 @@ def test_missing_target_names_nearest_definitions(sample: Sample, capsys: pytest
     assert build(sample, sample.out) == 4
     err = drift_stderr(capsys.readouterr().err)
     assert f"patch double_output edits[1] (insert_statements) at {BLOCK}::scael: anchor-missing" in err
-    assert "target 'scael' not found; nearest: scale" in err
+    assert "target 'scael' not found (nearest: scale)" in err
     assert_untouched(sample.out)
 
 
