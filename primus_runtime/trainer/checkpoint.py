@@ -326,6 +326,7 @@ def load(ckpt: Checkpointing, chunks: list[Any], optimizer: Any, scheduler: Any,
             chunk.module.load_state_dict(loaded[key])
         if with_optim:
             optimizer.load_state_dict(loaded["optimizer"])
+            _restore_adam_steps(optimizer)
     if with_optim:
         scheduler.load_state_dict(common["scheduler"])
     if with_rng:
@@ -356,3 +357,27 @@ def _init_optimizer_state(optimizer: Any) -> None:
             for group in inner.param_groups:
                 for param in group["params"]:
                     inner.state[param].setdefault("step", torch.zeros((), dtype=torch.float32))
+
+
+
+def _restore_adam_steps(optimizer: Any) -> None:
+    """Set each parameter's Adam ``step`` to the checkpoint's, as a tensor of its own.
+
+    With PyTorch's own Adam (no TransformerEngine/Apex, e.g. on CPU), megatron.core's distributed
+    optimizer keeps the step in its saved parameter groups and, on loading, writes it into every
+    parameter's state; but its per-parameter state load that follows copies ``step`` from the
+    loading template, which is the not-yet-stepped state of :func:`_init_optimizer_state` (0).
+    And the step it writes is ONE tensor shared by every parameter, which ``torch.optim.Adam``
+    increments once per parameter. Either way every bias correction after a resume was wrong
+    (seen: a 2 + 2 resume left Adam at step 1 instead of 3). The loaded groups still carry the step.
+    """
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(part, "optimizer", None)
+        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        for group in inner.param_groups:
+            if group.get("step") is None:
+                continue
+            for param in group["params"]:
+                if "step" in inner.state.get(param, {}):
+                    inner.state[param]["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
