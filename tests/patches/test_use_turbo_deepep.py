@@ -235,13 +235,15 @@ def test_comm_stream_flag_reaches_the_managers_stream_arguments(config_results: 
 
 
 @pytest.mark.gpu
-def test_cuda_sync_debug_mode_stage_0_raises_stages_2_and_3_do_not(trees: dict[str, Path], tmp_path: Path) -> None:
+def test_cuda_sync_debug_mode_stage_0_raises_stages_2_and_3_do_not(cpu_trees: dict[str, Path], tmp_path: Path) -> None:
     """GPU only (selected where CUDA is): one MoE layer's forward and backward under
-    ``torch.cuda.set_sync_debug_mode("error")``, default (non-cpu-test) tree, one process over NCCL,
-    bf16 weights so that the grouped experts take torch's grouped_mm."""
+    ``torch.cuda.set_sync_debug_mode("error")``, one process over NCCL, bf16 weights so that the
+    grouped experts take torch's grouped_mm. The cpu-test flavor tree, whose device module is
+    ``torch.cuda`` on a GPU host: without TransformerEngine the default tree's router stops at
+    upstream's ``NameError: te_general_gemm`` (seen on an H200, docs/cpu-testing.md)."""
     bf16 = {"bf16": True, "params_dtype": "bfloat16"}
     cases = [{"case": "sync", "candidate": {**bf16, **options}} for options in ({}, stage(2), stage(3))]
-    results = launch(trees["patched"], tmp_path, "cuda", cases, nproc=1, cuda=True)
+    results = launch(cpu_trees["patched"], tmp_path, "cuda", cases, nproc=1, cuda=True)
     stage0, stage2, stage3 = (per_case[0] for per_case in results)
     assert stage0["host_read"] is not None and "synchroniz" in stage0["host_read"]
     assert stage2["host_read"] is None and stage3["host_read"] is None

@@ -27,6 +27,7 @@ modes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -82,16 +83,20 @@ def stacked_grad(experts, which: str) -> torch.Tensor:
     return torch.stack([getattr(e, f"linear_{which}").weight.grad for e in experts.local_experts])
 
 
-def run_experts(experts, counts: list[int], seed: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def run_experts(experts, counts: list[int], seed: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                checked=contextlib.nullcontext):
     """One forward and backward over ``counts`` tokens per expert: inputs drawn on the CPU in fp32
-    (the same numbers on any device), then moved; the counts tensor lives on ``device``."""
+    (the same numbers on any device), then moved, all before the forward; the counts tensor lives
+    on ``device``. The forward and backward alone run inside ``checked()``."""
     gen = torch.Generator().manual_seed(seed)
     tokens = sum(counts)
     hidden = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype).requires_grad_()
     probs = torch.rand(tokens, generator=gen).to(device, dtype).requires_grad_()
-    out, bias = experts(hidden, torch.tensor(counts, device=device), probs)
-    weight = torch.randn(out.shape, generator=gen).to(device, dtype)
-    (out * weight).sum().backward()
+    tokens_per_expert = torch.tensor(counts, device=device)
+    weight = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+    with checked():
+        out, bias = experts(hidden, tokens_per_expert, probs)
+        (out * weight).sum().backward()
     return out.detach(), hidden.grad, probs.grad, bias
 
 
@@ -273,6 +278,17 @@ def backend() -> dict:
     return out
 
 
+@contextlib.contextmanager
+def sync_debug_errors():
+    """CUDA's sync debug mode at "error" inside the block: a host synchronisation raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def cuda() -> dict:
     """SequentialMLP against the grouped experts on the GPU in bf16 (both built in fp32 from the same
     seed, then moved), and the grouped forward and backward under CUDA's sync debug mode."""
@@ -297,15 +313,11 @@ def cuda() -> dict:
     for name, overrides in (("grouped_mm", {}), ("sequential", None)):
         flags = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True, **overrides} if overrides is not None else {}
         experts = moe_layer(config(**flags)).experts.to("cuda", bf16)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
         try:
-            run_experts(experts, COUNTS["mixed"], device="cuda", dtype=bf16)
+            run_experts(experts, COUNTS["mixed"], device="cuda", dtype=bf16, checked=sync_debug_errors)
             sync_errors[name] = None
         except RuntimeError as error:
             sync_errors[name] = str(error).splitlines()[0]
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
     out["sync_debug"] = sync_errors
     return out
 
