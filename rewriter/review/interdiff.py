@@ -15,13 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rewriter.engine import SeriesResult
+from rewriter.matrix import PASSING
 from rewriter.patchset.model import Patch
 from rewriter.review.hunks import Changes, Hunk, hunks, scoped_diff, text_diff
 from rewriter.review.scopes import enclosing, find, source_of, spans
 
 #: every verdict, in the order a summary lists them (worst news first)
-#: states of a patch that apply cleanly (as ``rewriter.matrix.PASSING``); anything else is broken
-PASSING = ("applied", "retired", "runtime")
 VERDICTS = ("newly broken", "still broken", "newly retired", "changed", "moved", "added", "removed",
             "repaired", "unchanged")
 
@@ -36,7 +35,7 @@ class Side:
     result: SeriesResult  # the series applied (it may hold later versions' patches too)
     read: Callable[[str], str | None]  # the upstream file's text
     #: patch id -> (verdict, reason), as ``rewriter.matrix.apply_to_release`` gives them: applied,
-    #: retired, runtime, anchor-missing, ambiguous, or broken (the semantic check)
+    #: retired, not-targeted, runtime, anchor-missing, ambiguous, or broken (the semantic check)
     verdicts: Mapping[str, tuple[str, str]]
 
     def patch(self, patch_id: str) -> Patch | None:
@@ -45,7 +44,7 @@ class Side:
         return next((p for p in self.result.series if p.id == patch_id), None)
 
     def state(self, patch_id: str) -> str:
-        """``absent``, ``runtime``, ``broken``, ``retired`` or ``applied``.
+        """``absent``, ``runtime``, ``broken``, ``retired``, ``not-targeted`` or ``applied``.
 
         ``broken`` is any failing verdict: an edit that did not apply (anchor-missing, ambiguous)
         or patched code that does not resolve on this release (the semantic check's ``broken``).

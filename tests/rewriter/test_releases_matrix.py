@@ -330,3 +330,18 @@ def test_docs_check_finds_a_stale_matrix(sample: Sample, capsys: pytest.CaptureF
     for command in (["docs"], ["docs", "--check"]):  # docs cannot regenerate it offline: both say so
         assert main(sample.args(*command, upstream=False)) == 1
         one_error_line(capsys.readouterr().err, "release-matrix.md is stale", "matrix --write-docs")
+
+
+
+def test_patch_limited_to_other_releases_is_not_targeted_in_the_matrix(sample: Sample,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Both edits limited to releases the pin does not have: the matrix says ``not-targeted`` (a
+    passing verdict: the release still passes), not ``retired`` (which says upstream has it)."""
+    fill_cache(sample)
+    sample.edit_patch("    flag: double_output\n", "    flag: double_output\n    releases: \">=9\"\n")
+    sample.edit_patch("    template: double.py.j2\n", "    template: double.py.j2\n    releases: \">=9\"\n")
+    capsys.readouterr()
+    assert main(sample.args("matrix", upstream=False) + ["--format", "json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)["releases"][0]["verdicts"][0]
+    assert verdict["verdict"] == "not-targeted"
+    assert "every edit is limited to other releases" in verdict["reason"]
