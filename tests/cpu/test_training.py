@@ -92,9 +92,8 @@ def test_flags_off_is_upstream_bit_for_bit(train, model: str) -> None:
 
 @pytest.mark.parametrize(("model", "overrides"), [
     ("dense", {}),
-    ("moe", {"expert_model_parallel_size": 2}),
     ("moe", {"expert_model_parallel_size": 2, "enable_primus_turbo": True, "use_turbo_grouped_mlp": True}),
-], ids=["dense-dp2", "mixtral-ep2", "mixtral-ep2-grouped-experts"])
+], ids=["dense-dp2", "mixtral-ep2-grouped-experts"])
 def test_resume_with_the_distributed_optimizer_continues_bit_for_bit(train, model: str, overrides: dict) -> None:
     """Two ranks with ``use_distributed_optimizer`` (each holds half of Adam's state): 2 steps, save,
     resume for 2 more = 4 uninterrupted steps, bit for bit. With PyTorch's Adam (no TE/Apex) the

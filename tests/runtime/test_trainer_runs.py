@@ -1,4 +1,8 @@
-"""``python -m primus_runtime train`` under torchrun on CPU (gloo, 2 processes, tiny models).
+"""``python -m primus_runtime train`` on CPU (gloo, 2 processes, tiny models).
+
+The reference, crashed and resumed runs go through torchrun itself (its agent, its store, a fresh
+interpreter per rank: the launcher users run); the others fork their ranks (``forked_ranks``),
+which saves the ranks' imports on CI's two cores.
 
 Runs, each checking several things:
 
@@ -27,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runtime.trainer_helpers import make_trainer_tree, metrics, torchrun, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, torchrun, write_experiment
 
 pytestmark = pytest.mark.training  # multi-process runs (tests/conftest.py adds slow)
 
@@ -172,7 +176,7 @@ def pp_runs(tree: Path, work: Path) -> Callable[[bool], Path]:
     def run(warmup: bool) -> Path:
         if warmup not in done:
             name = f"pp_warmup_{warmup}".lower()
-            torchrun(tree, write_experiment(work, name, {"pipeline_model_parallel_size": 2, "train_iters": 3,
+            forked_ranks(tree, write_experiment(work, name, {"pipeline_model_parallel_size": 2, "train_iters": 3,
                                                          "global_batch_size": 8, "pp_warmup": warmup}))
             done[warmup] = work / name
         return done[warmup]
@@ -203,8 +207,8 @@ def test_trains_on_preprocessed_data(tree: Path, work: Path, corpus: Path, hf_di
     options = {"mock_data": False, "data_path": f"{prefix}_text_document", "split": "90,10,0",
                "data_cache_path": str(work / "data" / "cache"), "tokenizer_type": "HuggingFaceTokenizer",
                "tokenizer_model": str(hf_dir), "train_iters": 4, "eval_interval": 2, "eval_iters": 1}
-    torchrun(tree, write_experiment(work, "real_data", options))
-    torchrun(tree, write_experiment(work, "real_data_single", options), nproc=1)
+    forked_ranks(tree, write_experiment(work, "real_data", options))
+    forked_ranks(tree, write_experiment(work, "real_data_single", options), nproc=1)
     two, one = metrics(work / "real_data"), metrics(work / "real_data_single")
     # DP=2 reads the same global batches as one process: the same losses, to reduction rounding
     assert two.keys() == one.keys() == {1, 2, 3, 4}
@@ -219,8 +223,8 @@ def test_tensor_parallel_matches_one_process(tree: Path, work: Path) -> None:
     losses agree to rounding."""
     single = write_experiment(work, "tp_single", {"train_iters": 3})
     split = write_experiment(work, "tp2", {"train_iters": 3, "tensor_model_parallel_size": 2})
-    torchrun(tree, single, nproc=1)
-    torchrun(tree, split)
+    forked_ranks(tree, single, nproc=1)
+    forked_ranks(tree, split)
     one, two = metrics(work / "tp_single"), metrics(work / "tp2")
     assert one.keys() == two.keys() == {1, 2, 3}
     for it in one:
@@ -235,7 +239,7 @@ def test_expert_parallel_with_the_distributed_optimizer_trains(tree: Path, work:
     for name, distributed in (("ep2", True), ("ep2_plain", False)):
         exp = write_experiment(work, name, {"expert_model_parallel_size": 2, "use_distributed_optimizer": distributed},
                                model="tiny_mixtral.yaml")
-        torchrun(tree, exp)
+        forked_ranks(tree, exp)
     sharded, plain = metrics(work / "ep2"), metrics(work / "ep2_plain")
     assert sharded.keys() == plain.keys() == {1, 2, 3, 4, 5, 6}
     for it in plain:
