@@ -87,28 +87,29 @@ def run_ranks(request: dict) -> dict:
                 outs.append(out.read())
             with open(os.path.join(tmp, f"err{rank}"), errors="replace") as err:
                 errs.append(err.read())
-    failed = [(rank, code) for rank, code in sorted(codes.items(), key=lambda item: item[0]) if code != 0]
+    failed = [(rank, code) for rank, code in sorted(codes.items()) if code != 0]
     errs += [f"fork launcher: rank {rank} {describe_exit(code)}\n" for rank, code in failed]
-    first = min(failed, key=lambda item: item[1] < 0) if failed else None  # an exit status before a signal
-    return {"returncode": first[1] if first else 0, "stdout": "".join(outs), "stderr": "".join(errs)}
+    # the first rank that exited with a status of its own, else the first one killed (by us, often)
+    statuses = [code for _, code in failed if code > 0] + [code for _, code in failed if code < 0]
+    return {"returncode": statuses[0] if statuses else 0, "stdout": "".join(outs), "stderr": "".join(errs)}
 
 
 def wait_for_ranks(ranks: dict[int, int]) -> dict[int, int]:
     """Each rank's exit status (negative: killed by that signal); once one fails, the rest get
     ``RANK_GRACE_S`` and are then killed."""
     codes: dict[int, int] = {}
-    deadline: float | None = None
+    deadline = float("inf")  # set once a rank has failed
     while len(codes) < len(ranks):
-        pid, status = os.waitpid(-1, os.WNOHANG if deadline is not None else 0)
-        if pid == 0:
+        pid, status = os.waitpid(-1, os.WNOHANG if deadline < float("inf") else 0)
+        if pid == 0:  # a rank failed; the others are still running
             if time.monotonic() > deadline:
-                for other in ranks.keys() - {p for p, r in ranks.items() if r in codes}:
-                    os.kill(other, signal.SIGKILL)
-                deadline = float("inf")
+                for other, rank in ranks.items():
+                    if rank not in codes:
+                        os.kill(other, signal.SIGKILL)
             time.sleep(0.1)
             continue
         codes[ranks[pid]] = os.waitstatus_to_exitcode(status)
-        if codes[ranks[pid]] != 0 and deadline is None:
+        if codes[ranks[pid]] != 0 and deadline == float("inf"):
             deadline = time.monotonic() + RANK_GRACE_S
     return codes
 

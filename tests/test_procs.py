@@ -1,4 +1,5 @@
-"""The fork server of tests/procs.py behaves as ``python ARGS`` would, one fresh process per request."""
+"""The fork server of tests/procs.py behaves as ``python ARGS`` would, one fresh process per request,
+and ``run_ranks`` starts a job of forked ranks as torchrun would start its workers."""
 
 from __future__ import annotations
 
@@ -65,3 +66,43 @@ def test_launcher_and_free_port(tmp_path: Path) -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free: binding it succeeds
+
+
+# --- run_ranks: the forked-rank launcher the training tests use in place of torchrun ---------------
+
+RANK_SCRIPT = """
+import os, sys
+rank = int(os.environ["RANK"])
+print(f"rank {rank} of {os.environ['WORLD_SIZE']}, local {os.environ['LOCAL_RANK']}, "
+      f"store {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+sys.exit(int(sys.argv[1]) if rank == 1 else 0)
+"""
+
+
+def test_every_rank_gets_the_worker_environment_and_its_output_comes_back_in_order(server: ForkServer,
+                                                                                    tmp_path: Path) -> None:
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    proc = server.run_ranks(3, str(script), "0")
+    lines = proc.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["rank 0 of 3", "rank 1 of 3", "rank 2 of 3"]
+    assert len({line.split("store ")[1] for line in lines}) == 1  # one rendezvous for the job
+
+
+def test_the_first_failing_rank_decides_the_exit_status_and_is_named(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    proc = server.run_ranks(2, str(script), "3", check=False)
+    assert proc.returncode == 3
+    assert "fork launcher: rank 1 exited with status 3" in proc.stderr
+    assert "rank 0" not in proc.stderr  # rank 0 ended well
+
+
+def test_the_server_survives_a_job_and_its_temporary_folders_with_it(server: ForkServer, tmp_path: Path) -> None:
+    """Ranks run only their own exit handlers: the server's (its temporary folders' finalizers) are
+    cleared in each rank, so the next job still finds the server whole."""
+    script = tmp_path / "atexit.py"
+    script.write_text("import atexit, tempfile\nkeep = tempfile.TemporaryDirectory()\natexit.register(print, 'bye')\n")
+    for _ in range(2):
+        proc = server.run_ranks(2, str(script))
+        assert proc.stdout == "bye\nbye\n"
