@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from tests.convert.test_convert import convert, llama_config, make_hf, tensors
-from tests.runtime.conftest import helpers_dir  # noqa: F401  (a fixture)
-from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, metrics, write_experiment
 
 pytestmark = pytest.mark.training
 
 
-def test_train_finetunes_from_a_converted_checkpoint(cpu_trees: dict[str, Path], helpers_dir: Path,  # noqa: F811
-                                                     tmp_path: Path) -> None:
-    tree = make_trainer_tree(cpu_trees["patched"], tmp_path / "tree", helpers_dir)
+def test_train_finetunes_from_a_converted_checkpoint(trainer_trees: dict[str, Path], tmp_path: Path) -> None:
+    tree = trainer_trees["patched"]
     hf, _, _ = make_hf(tmp_path, llama_config())
     options = {"train_iters": 2, "lr_warmup_iters": 0, "lr_decay_style": "constant", "seq_length": 16,
                "global_batch_size": 4, "micro_batch_size": 2, "eval_iters": 0}

@@ -5,9 +5,9 @@ torchrun gives its workers, without a fresh interpreter per rank, which on CI's 
 most of a short run re-importing torch and megatron. tests/runtime/test_trainer_runs.py keeps
 training under torchrun itself.
 
-The trees are ``cpu_trees`` of tests/conftest.py, ``upstream`` (no patches) and ``patched`` (the
-newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset
-helper (``helpers_dir`` of tests/runtime/conftest.py), as a wheel has it. A run is an experiment
+The trees are ``trainer_trees`` of tests/conftest.py, ``upstream`` (no patches) and ``patched``
+(the newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset
+helper, as a wheel has it. A run is an experiment
 on one of the shipped tiny models (``MODELS``) with mock data; what it reports is what the
 trainer writes: the losses and gradient norms of ``logs/metrics.jsonl`` and the layers' MLP and
 experts classes of the model summary in ``logs/rank_0.log``. Runs are cached per session: several
@@ -30,8 +30,7 @@ from typing import Any
 import pytest
 
 from tests.procs import fork_server
-from tests.runtime.conftest import helpers_dir  # noqa: F401  (a fixture)
-from tests.runtime.trainer_helpers import make_trainer_tree, metrics, write_experiment
+from tests.runtime.trainer_helpers import metrics, write_experiment
 
 MODELS = {"dense": "tiny_llama.yaml", "moe": "tiny_mixtral.yaml", "deepseek": "tiny_deepseek_v2.yaml"}
 #: 5 steps of Adam at a constant learning rate, 8 sequences of 16 tokens per step, 2 per microbatch
@@ -91,13 +90,6 @@ class Trainer:
                 "mlp_classes": mlps.group(1).split(", ") if mlps else [],
                 "expert_classes": experts.group(1).split(", ") if experts else [], "exp_root": self.workdir / name}
 
-
-
-@pytest.fixture(scope="session")
-def trainer_trees(cpu_trees: dict[str, Path], helpers_dir: Path,  # noqa: F811
-                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cpu-trainer-trees")
-    return {name: make_trainer_tree(tree, root / name, helpers_dir) for name, tree in cpu_trees.items()}
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, fork_server, run_python
+from tests.procs import REPO, fork_server
 
 __all__ = ["REPO", "run_in_tree", "texts"]
 
@@ -61,18 +59,4 @@ def hf_dir(corpus: Path) -> Path:
     out.mkdir()
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
-    return out
-
-
-@pytest.fixture(scope="session")
-def helpers_dir(tmp_path_factory: pytest.TempPathFactory, cpu_trees: dict[str, Path]) -> Path:
-    """megatron's C++ dataset helper (``helpers_cpp``), compiled once per session beside (not into)
-    the shared trees; GPTDataset, mock data included, needs it and a source tree does not have it."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is needed to compile megatron's dataset helpers")
-    out = tmp_path_factory.mktemp("helpers")
-    includes = run_python("-m", "pybind11", "--includes").stdout.split()
-    source = cpu_trees["upstream"] / "megatron" / "core" / "datasets" / "helpers.cpp"
-    subprocess.run(["g++", "-O1", "-shared", "-std=c++17", "-fPIC", *includes, str(source), "-o",
-                    str(out / f"helpers_cpp{sysconfig.get_config_var('EXT_SUFFIX')}")], check=True)
     return out

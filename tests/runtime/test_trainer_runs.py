@@ -31,14 +31,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, torchrun, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, metrics, torchrun, write_experiment
 
 pytestmark = pytest.mark.training  # multi-process runs (tests/conftest.py adds slow)
 
 
 @pytest.fixture(scope="module")
-def tree(cpu_trees: dict[str, Path], helpers_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_trainer_tree(cpu_trees["patched"], tmp_path_factory.mktemp("trainer") / "tree", helpers_dir)
+def tree(trainer_trees: dict[str, Path]) -> Path:
+    return trainer_trees["patched"]
 
 
 @pytest.fixture(scope="module")

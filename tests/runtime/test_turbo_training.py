@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.trainer_helpers import forked_ranks, make_trainer_tree, metrics, write_experiment
+from tests.runtime.trainer_helpers import forked_ranks, metrics, write_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.training]
 
@@ -22,8 +22,8 @@ TURBO = {"enable_primus_turbo": True, "use_turbo_attention": True, "train_iters"
 
 
 @pytest.fixture(scope="module")
-def tree(cpu_trees: dict[str, Path], helpers_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_trainer_tree(cpu_trees["patched"], tmp_path_factory.mktemp("turbo") / "tree", helpers_dir)
+def tree(trainer_trees: dict[str, Path]) -> Path:
+    return trainer_trees["patched"]
 
 
 def test_turbo_attention_trains_like_upstream_attention_and_under_tensor_parallelism(
