@@ -80,8 +80,9 @@ def run(out: Path) -> None:
                           str(EXP), "--out", str(out / "ckpt"), "--quiet"], results)
     timed("load (finetune) and evaluate", ["-m", "torch.distributed.run", "--nproc-per-node", "1", "-m",
                                            "primus_runtime", "train", "--exp", str(EXP), "--load", str(out / "ckpt"),
-                                           "--finetune", "--train_iters", "1", "--lr_warmup_iters", "0", "--eval_interval", "1",
-                                           "--eval_iters", "8", "--workspace", str(out / "run")], results)
+                                           "--finetune", "--train_iters", "1", "--lr_warmup_iters", "0",
+                                           "--eval_interval", "1", "--eval_iters", "8", "--workspace",
+                                           str(out / "run")], results)
     timed("mcore-to-hf", ["-m", "primus_runtime", "convert", "mcore-to-hf", "--ckpt", str(out / "ckpt"), "--exp",
                           str(EXP), "--out", str(out / "back"), "--quiet"], results)
     results["round trip bit-identical"] = same_tensors(out / "hf", out / "back")

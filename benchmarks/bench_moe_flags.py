@@ -155,15 +155,16 @@ def run(out_dir: Path, labels: list[str]) -> None:
     by_name = dict(rows)
     for family in ("mixtral", "deepseek"):
         base = by_name.get(f"{family} upstream")
-        others = [name for name, _ in rows if name.startswith(family) and name != f"{family} upstream"]
-        for other in others:
-            run_ = by_name.get(other)
-            if base and run_:
-                worst = max(abs(a - b) / abs(b) for a, b in zip(run_["losses"], base["losses"]))
-                print(f"{other} vs {family} upstream: step time {run_['step_ms'] / base['step_ms']:.3f}, "
-                      f"tokens/s {run_['tokens_per_s'] / base['tokens_per_s']:.3f}, "
-                      f"peak memory {run_['peak_gib'] / base['peak_gib']:.3f}; losses bit-identical: "
-                      f"{run_['losses'] == base['losses']}, largest relative difference {worst:.2e}")
+        if base is None:
+            continue
+        for other, run_ in rows:
+            if not other.startswith(family) or run_ is base:
+                continue
+            worst = max(abs(a - b) / abs(b) for a, b in zip(run_["losses"], base["losses"]))
+            print(f"{other} vs {family} upstream: step time {run_['step_ms'] / base['step_ms']:.3f}, "
+                  f"tokens/s {run_['tokens_per_s'] / base['tokens_per_s']:.3f}, "
+                  f"peak memory {run_['peak_gib'] / base['peak_gib']:.3f}; losses bit-identical: "
+                  f"{run_['losses'] == base['losses']}, largest relative difference {worst:.2e}")
 
 
 if __name__ == "__main__":

@@ -348,16 +348,14 @@ def _init_optimizer_state(optimizer: Any) -> None:
     ``step``, which exists only after a first step; megatron.core initialises the moments but
     not ``step``.
     """
-    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(part, "optimizer", None)
-        if inner is None or getattr(part, "init_state_fn", None) is None:
+    for part, inner in _inner_optimizers(optimizer):
+        if getattr(part, "init_state_fn", None) is None:
             continue
         part.init_state_fn(inner, part.config)
         if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
             for group in inner.param_groups:
                 for param in group["params"]:
                     inner.state[param].setdefault("step", torch.zeros((), dtype=torch.float32))
-
 
 
 def _restore_adam_steps(optimizer: Any) -> None:
@@ -371,8 +369,7 @@ def _restore_adam_steps(optimizer: Any) -> None:
     increments once per parameter. Either way every bias correction after a resume was wrong
     (seen: a 2 + 2 resume left Adam at step 1 instead of 3). The loaded groups still carry the step.
     """
-    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(part, "optimizer", None)
+    for _, inner in _inner_optimizers(optimizer):
         if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
             continue
         for group in inner.param_groups:
@@ -381,3 +378,9 @@ def _restore_adam_steps(optimizer: Any) -> None:
             for param in group["params"]:
                 if "step" in inner.state.get(param, {}):
                     inner.state[param]["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
+
+
+def _inner_optimizers(optimizer: Any) -> list[tuple[Any, Any]]:
+    """(megatron optimizer, its torch optimizer) for each part of a chained optimizer, or the one."""
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [(part, part.optimizer) for part in parts if getattr(part, "optimizer", None) is not None]

@@ -42,9 +42,10 @@ def flag_symbols(flag: Flag, own: Patch, series: list[Patch]) -> list[str]:
     for patch in series:
         for edit in patch.edits:
             new_module = patch is own and edit.op == "add_module"
-            if new_module or any(names.search(text) for text in (edit.guard or "", edit.code or "", repr(edit.args))):
-                if _symbol(edit) not in out:
-                    out.append(_symbol(edit))
+            symbol = _symbol(edit)
+            if symbol not in out and (new_module or any(names.search(text) for text in
+                                                        (edit.guard or "", edit.code or "", repr(edit.args)))):
+                out.append(symbol)
     return out
 
 

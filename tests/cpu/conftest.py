@@ -2,8 +2,8 @@
 
 Each run is a job of forked ranks (``ForkServer.run_ranks`` of tests/procs.py): the environment
 torchrun gives its workers, without a fresh interpreter per rank, which on CI's 2 cores would cost
-most of a short run re-importing torch and megatron. tests/runtime/test_trainer_runs.py keeps
-training under torchrun itself.
+most of a short run re-importing torch and megatron. The reference, crash and resume runs of
+tests/runtime/test_trainer_runs.py keep torchrun itself.
 
 The trees are ``trainer_trees`` of tests/conftest.py, ``upstream`` (no patches) and ``patched``
 (the newest patchset version), both in the cpu-test flavor, each with megatron's compiled dataset

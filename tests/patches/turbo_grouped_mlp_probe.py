@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from probe_common import start_single_process
 
 HIDDEN, FFN, EXPERTS = 32, 24, 4
+TURBO_FLAGS = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
 #: token counts per expert: empty experts first, in the middle and last; all to one; none at all
 COUNTS = {"mixed": [5, 0, 7, 3], "empty_ends": [0, 6, 4, 0], "one_expert": [0, 0, 9, 0], "no_tokens": [0, 0, 0, 0]}
 
@@ -100,16 +101,19 @@ def run_experts(experts, counts: list[int], seed: int = 5, device: str = "cpu", 
     return out.detach(), hidden.grad, probs.grad, bias
 
 
-def compare(cfg_overrides: dict, counts: list[int]) -> dict:
+def compare(cfg_overrides: dict, counts: list[int], device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """SequentialMLP against the grouped experts, both built in fp32 from the same seed and then
+    moved to ``device`` and ``dtype``."""
     from megatron.core._primus.turbo import grouped_mlp
 
-    turbo_flags = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True}
-    upstream = moe_layer(config(**cfg_overrides)).experts
-    turbo = moe_layer(config(**cfg_overrides, **turbo_flags)).experts
+    upstream = moe_layer(config(**cfg_overrides)).experts.to(device, dtype)
+    turbo = moe_layer(config(**cfg_overrides, **TURBO_FLAGS)).experts.to(device, dtype)
     init = max(float((stacked(turbo, w) - stacked(upstream, w)).abs().max()) for w in ("fc1", "fc2"))
-    kernel = [grouped_mlp.select_kernel("torch", "cpu", w.dtype, None, w.size(2), w.size(1))
+    capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
+    kernel = [grouped_mlp.select_kernel("torch", device, w.dtype, capability, w.size(2), w.size(1))
               for w in (turbo.weight1, turbo.weight2)]
-    want, got = run_experts(upstream, counts), run_experts(turbo, counts)
+    want = run_experts(upstream, counts, device=device, dtype=dtype)
+    got = run_experts(turbo, counts, device=device, dtype=dtype)
     return {"types": [type(upstream).__name__, type(turbo).__name__], "kernel": kernel, "init": init,
             "output": rel(got[0], want[0]), "grad_hidden": rel(got[1], want[1]), "grad_probs": rel(got[2], want[2]),
             "bias": got[3], "shape": list(got[0].shape),
@@ -142,7 +146,7 @@ def experts() -> dict:
 def layer() -> dict:
     """The whole MoE layer (router, alltoall dispatcher, experts, combine), flags off against on."""
     results = []
-    for cfg in (config(), config(enable_primus_turbo=True, use_turbo_grouped_mlp=True)):
+    for cfg in (config(), config(**TURBO_FLAGS)):
         module = moe_layer(cfg)
         gen = torch.Generator().manual_seed(11)
         hidden = torch.randn(6, 3, HIDDEN, generator=gen, requires_grad=True)  # [seq, batch, hidden]
@@ -175,7 +179,7 @@ def syncs() -> dict:
 
     out = {}
     for name, overrides in (("grouped_mm", {}), ("loop", {"ffn_hidden_size": 5})):
-        experts = moe_layer(config(enable_primus_turbo=True, use_turbo_grouped_mlp=True, **overrides)).experts
+        experts = moe_layer(config(**TURBO_FLAGS, **overrides)).experts
         with Record() as record:
             run_experts(experts, COUNTS["mixed"])
         out[name] = sorted(set(record.seen))
@@ -265,7 +269,7 @@ def backend() -> dict:
         name = str(chosen())
     except ValueError as exc:
         return {"error": str(exc)}
-    experts = moe_layer(config(enable_primus_turbo=True, use_turbo_grouped_mlp=True)).experts
+    experts = moe_layer(config(**TURBO_FLAGS)).experts
     out = {"backend": name, "class": type(experts).__name__}
     if name.startswith("primus_turbo"):
         from primus_turbo.pytorch import ops
@@ -290,35 +294,18 @@ def sync_debug_errors():
 
 
 def cuda() -> dict:
-    """SequentialMLP against the grouped experts on the GPU in bf16 (both built in fp32 from the same
-    seed, then moved), and the grouped forward and backward under CUDA's sync debug mode."""
-    from megatron.core._primus.turbo import grouped_mlp
-
+    """``compare`` on the GPU in bf16, and the grouped experts' and SequentialMLP's forward and
+    backward under CUDA's sync debug mode (the error's first line, or None)."""
     start_single_process()
-    bf16 = torch.bfloat16
-    out: dict = {}
-    for name in ("mixed", "empty_ends", "no_tokens"):
-        upstream = moe_layer(config()).experts.to("cuda", bf16)
-        turbo = moe_layer(config(enable_primus_turbo=True, use_turbo_grouped_mlp=True)).experts.to("cuda", bf16)
-        want = run_experts(upstream, COUNTS[name], device="cuda", dtype=bf16)
-        got = run_experts(turbo, COUNTS[name], device="cuda", dtype=bf16)
-        out[name] = {"types": [type(upstream).__name__, type(turbo).__name__],
-                     "kernel": [grouped_mlp.select_kernel("torch", "cuda", w.dtype,
-                                                          tuple(torch.cuda.get_device_capability()), w.size(2), w.size(1))
-                                for w in (turbo.weight1, turbo.weight2)],
-                     "output": rel(got[0], want[0]), "grad_hidden": rel(got[1], want[1]),
-                     "grad_probs": rel(got[2], want[2]),
-                     "grad_weights": max(rel(stacked_grad(turbo, w), stacked_grad(upstream, w)) for w in ("fc1", "fc2"))}
-    sync_errors = {}
-    for name, overrides in (("grouped_mm", {}), ("sequential", None)):
-        flags = {"enable_primus_turbo": True, "use_turbo_grouped_mlp": True, **overrides} if overrides is not None else {}
-        experts = moe_layer(config(**flags)).experts.to("cuda", bf16)
+    out: dict = {name: compare({}, COUNTS[name], "cuda", torch.bfloat16) for name in ("mixed", "empty_ends", "no_tokens")}
+    out["sync_debug"] = {}
+    for name, flags in (("grouped_mm", TURBO_FLAGS), ("sequential", {})):
+        experts = moe_layer(config(**flags)).experts.to("cuda", torch.bfloat16)
         try:
-            run_experts(experts, COUNTS["mixed"], device="cuda", dtype=bf16, checked=sync_debug_errors)
-            sync_errors[name] = None
+            run_experts(experts, COUNTS["mixed"], device="cuda", dtype=torch.bfloat16, checked=sync_debug_errors)
+            out["sync_debug"][name] = None
         except RuntimeError as error:
-            sync_errors[name] = str(error).splitlines()[0]
-    out["sync_debug"] = sync_errors
+            out["sync_debug"][name] = str(error).splitlines()[0]
     return out
 
 
