@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -70,7 +71,9 @@ def run_in_child(request: dict) -> dict:
 def run_ranks(request: dict) -> dict:
     """One distributed job of ``request["nproc"]`` forked ranks (see the module's docstring)."""
     nproc = int(request["nproc"])
-    with tempfile.TemporaryDirectory(prefix="fork-ranks-") as tmp:
+    # not a TemporaryDirectory: its finalizer would be an exit handler every rank inherits and runs
+    tmp = tempfile.mkdtemp(prefix="fork-ranks-")
+    try:
         ranks: dict[int, int] = {}
         for rank in range(nproc):
             env = {**(request.get("env") or {}), "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0",
@@ -87,6 +90,8 @@ def run_ranks(request: dict) -> dict:
                 outs.append(out.read())
             with open(os.path.join(tmp, f"err{rank}"), errors="replace") as err:
                 errs.append(err.read())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     failed = [(rank, code) for rank, code in sorted(codes.items()) if code != 0]
     errs += [f"fork launcher: rank {rank} {describe_exit(code)}\n" for rank, code in failed]
     # the first rank that exited with a status of its own, else the first one killed (by us, often)
@@ -130,10 +135,6 @@ def child(request: dict, out_path: str, err_path: str) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.stdin = open(0, closefd=False)
-    if request.get("nproc"):
-        # the exit handlers inherited from the server are the server's (its temporary folders'
-        # finalizers among them): a rank runs only those its own run registers, when it ends
-        atexit._clear()
     signal.alarm(int(request.get("timeout") or 0))  # a hung child ends (SIGALRM) instead of the test run
     os.environ.update(request.get("env") or {})
     if request.get("cwd"):
@@ -149,8 +150,9 @@ def child(request: dict, out_path: str, err_path: str) -> int:
         traceback.print_exc()
         code = 1
     if request.get("nproc"):
-        # a rank ends as an interpreter does, short of finalization: the exit handlers its run
-        # registered (trackers, logging) run; C++ destructors (gloo's threads) do not
+        # a rank ends as an interpreter does, short of finalization: its exit handlers run (those of
+        # the modules the server preloaded too: multiprocessing's joins the rank's worker processes,
+        # such as dist_checkpointing's writers), C++ destructors (gloo's threads) do not
         atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

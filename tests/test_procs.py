@@ -99,10 +99,29 @@ def test_the_first_failing_rank_decides_the_exit_status_and_is_named(server: For
 
 
 def test_the_server_survives_a_job_and_its_temporary_folders_with_it(server: ForkServer, tmp_path: Path) -> None:
-    """Ranks run only their own exit handlers: the server's (its temporary folders' finalizers) are
-    cleared in each rank, so the next job still finds the server whole."""
+    """Ranks run their exit handlers as an interpreter does, and the server keeps none that would
+    touch its own state (its rank-output folder is no TemporaryDirectory), so the next job still
+    finds the server whole."""
     script = tmp_path / "atexit.py"
     script.write_text("import atexit, tempfile\nkeep = tempfile.TemporaryDirectory()\natexit.register(print, 'bye')\n")
     for _ in range(2):
         proc = server.run_ranks(2, str(script))
         assert proc.stdout == "bye\nbye\n"
+
+
+def test_a_rank_waits_for_its_worker_processes_as_an_interpreter_does(tmp_path: Path) -> None:
+    """A rank's multiprocessing workers (dist_checkpointing's writers in training) are joined when
+    it ends, by the exit handler multiprocessing.util registered when the server imported it (torch
+    imports it): none is left running after the job."""
+    script = tmp_path / "worker.py"
+    script.write_text("import multiprocessing, os, sys, time\n"
+                      "def work(path):\n    time.sleep(1)\n    open(path, 'w').write(str(os.getpid()))\n"
+                      "if __name__ == '__main__':\n"
+                      "    multiprocessing.get_context('fork').Process(target=work, args=(sys.argv[1],)).start()\n")
+    done = tmp_path / "done"
+    server = ForkServer(tmp_path, preload=("multiprocessing.util",))
+    try:
+        server.run_ranks(1, str(script), str(done))
+    finally:
+        server.close()
+    assert done.exists(), "the rank ended without waiting for its worker"
